@@ -1,0 +1,29 @@
+# The two commands: `make run` and `make test`. Each sets itself up on a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.qnode-installed
+
+.PHONY: run test bench bench-gateware bench-host venv clean
+
+run: $(STAMP)
+	$(VENV)/bin/qnode run
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+venv: $(STAMP)
+
+# Re-install when the package description changes; a missing venv is created first.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "qnode needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,132 @@
+"""Register-map definition format, and qnode's register map.
+
+One declaration serves both sides: the gateware builds its register file from REGISTER_MAP and
+the host driver reads and writes by the same names, so the two cannot drift apart.
+docs/registers.md is generated from it (``qnode firmware registers --markdown``) and a test
+keeps the committed copy in step.
+
+Registers are 32 bits wide on the bus (addresses count registers, not bytes); ``width`` says
+how many low bits are implemented, the rest read as zero. Per-channel registers are declared
+once with ``count`` and expand to ``name[i]`` at ``address + i * stride``.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .events import PROTOCOL_VERSION
+
+DATA_BITS = 32
+ADDRESS_BITS = 16
+
+
+class Access(str, enum.Enum):
+    RO = "ro"  # read-only: status and counters, written by the gateware
+    RW = "rw"  # read-write: configuration
+    WO = "wo"  # write-only strobe: writing acts (e.g. clear counters), reads return 0
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    address: int
+    width: int
+    access: Access
+    reset: int
+    doc: str
+    count: int = 1  # > 1 declares an array (one per channel, per pattern, ...)
+    stride: int = 1
+    unit: str = ""  # what one LSB means: "bins", "clocks", "events", ...
+
+    def __post_init__(self):
+        if not self.name.isidentifier():
+            raise ValueError(f"register name {self.name!r} is not an identifier")
+        if not 1 <= self.width <= DATA_BITS:
+            raise ValueError(f"{self.name}: width {self.width} outside 1..{DATA_BITS}")
+        if not 0 <= self.reset < 1 << self.width:
+            raise ValueError(f"{self.name}: reset {self.reset} does not fit {self.width} bits")
+        if self.count < 1 or self.stride < 1:
+            raise ValueError(f"{self.name}: count and stride must be >= 1")
+        if self.address + (self.count - 1) * self.stride >= 1 << ADDRESS_BITS:
+            raise ValueError(f"{self.name}: address beyond {ADDRESS_BITS}-bit space")
+
+    def addresses(self) -> list[int]:
+        return [self.address + i * self.stride for i in range(self.count)]
+
+    @property
+    def mask(self) -> int:
+        return (1 << self.width) - 1
+
+
+class RegisterMap:
+    """An ordered, validated set of registers: unique names, no overlapping addresses."""
+
+    def __init__(self, registers: list[Register]):
+        self.registers = list(registers)
+        self._by_name: dict[str, Register] = {}
+        owner: dict[int, str] = {}
+        for reg in self.registers:
+            if reg.name in self._by_name:
+                raise ValueError(f"register {reg.name!r} declared twice")
+            self._by_name[reg.name] = reg
+            for address in reg.addresses():
+                if address in owner:
+                    raise ValueError(
+                        f"register {reg.name!r} overlaps {owner[address]!r} at 0x{address:04x}"
+                    )
+                owner[address] = reg.name
+
+    def __getitem__(self, name: str) -> Register:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no register named {name!r}; known: {', '.join(self._by_name)}") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._by_name
+
+    def __iter__(self):
+        return iter(self.registers)
+
+    def address(self, name: str, index: int = 0) -> int:
+        reg = self[name]
+        if not 0 <= index < reg.count:
+            raise IndexError(f"{name}[{index}]: index outside 0..{reg.count - 1}")
+        return reg.address + index * reg.stride
+
+    def to_markdown(self) -> str:
+        lines = [
+            "| address | name | width | access | reset | unit | description |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for reg in self.registers:
+            if reg.count > 1:
+                last = reg.address + (reg.count - 1) * reg.stride
+                where = f"0x{reg.address:04x}..0x{last:04x}"
+                name = f"{reg.name}[0..{reg.count - 1}]"
+            else:
+                where, name = f"0x{reg.address:04x}", reg.name
+            lines.append(
+                f"| {where} | `{name}` | {reg.width} | {reg.access.value} | {reg.reset} "
+                f"| {reg.unit} | {reg.doc} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+# The identity block sits at fixed addresses in every protocol version, so a host can always
+# read what it is talking to before it trusts anything else.
+IDENTITY = [
+    Register("protocol_version", 0x0000, 16, Access.RO, PROTOCOL_VERSION,
+             "event format and link protocol version; the host refuses any other"),
+    Register("gateware_hash", 0x0001, 32, Access.RO, 0,
+             "low 32 bits of the bitstream's content hash (see the manifest)", count=2),
+    Register("channel_count", 0x0003, 8, Access.RO, 8, "number of input channels"),
+    Register("bin_ps", 0x0004, 16, Access.RO, 1000, "width of one time bin", unit="ps"),
+    Register("oversampling", 0x0005, 4, Access.RO, 8, "input samples per system clock"),
+    Register("sys_clk_khz", 0x0006, 20, Access.RO, 125_000, "system clock", unit="kHz"),
+    Register("scratch", 0x0007, 32, Access.RW, 0, "free for link tests: reads back what was written"),
+]
+
+REGISTER_MAP = RegisterMap(IDENTITY)
+"""qnode's register map. Later blocks (timestamper, coincidence, herald, link) append here."""

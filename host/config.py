@@ -1,0 +1,259 @@
+"""Lab configuration: the TOML schema, validated at load.
+
+A config describes one node: the FPGA and its channels, the instruments, the loops, recording,
+and (for the simulated lab) the physics the simulation runs. Every table rejects unknown keys,
+so a typo is an error, not a silently ignored setting. Errors name the file, the key path and
+what was expected::
+
+    lab_configs/broken.toml: fpga.channels[2].delay_ps: Input should be a valid integer
+    (got 'soon')
+
+Units are in the key names (``_ps``, ``_hz``, ``_s``); times in ps are integers.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from qnode.firmware.events import MAX_CHANNELS
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+
+class Node(Strict):
+    name: str = "qnode"
+    description: str = ""
+
+
+class Channel(Strict):
+    index: int = Field(ge=0, lt=MAX_CHANNELS)
+    name: str
+    edge: Literal["rising", "falling"] = "rising"
+    delay_ps: int = Field(0, ge=0, description="added to every timestamp of this channel")
+    dead_time_ps: int = Field(0, ge=0, description="edges closer than this after a kept edge are ignored")
+    enabled: bool = True
+
+
+class Fpga(Strict):
+    board: str = Field("sim", description='"sim" for the simulated FPGA, or an amaranth-boards name such as "ulx3s"')
+    link: str = Field("sim://", description="pyserial URL of the link: /dev/ttyUSB0, socket://HOST:PORT; sim:// starts the twin in-process")
+    baud: int = Field(3_000_000, gt=0)
+    sys_clk_hz: int = Field(125_000_000, gt=0)
+    oversampling: Literal[4, 8] = 8
+    channels: list[Channel]
+
+    @property
+    def bin_ps(self) -> int:
+        return 10**12 // (self.sys_clk_hz * self.oversampling)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if 10**12 % (self.sys_clk_hz * self.oversampling):  # bins must be whole picoseconds
+            raise ValueError(
+                f"sys_clk_hz={self.sys_clk_hz} with oversampling={self.oversampling} does not give a "
+                "whole number of ps per bin (e.g. 125 MHz x 8 = 1000 ps, 200 MHz x 4 = 1250 ps)"
+            )
+        seen: set[int] = set()
+        for ch in self.channels:
+            if ch.index in seen:
+                raise ValueError(f"channel index {ch.index} appears twice")
+            seen.add(ch.index)
+        names = [ch.name for ch in self.channels]
+        if len(set(names)) != len(names):
+            raise ValueError("channel names must be unique")
+        return self
+
+    def channel(self, name_or_index: str | int) -> Channel:
+        for ch in self.channels:
+            if ch.name == name_or_index or ch.index == name_or_index:
+                return ch
+        raise KeyError(f"no channel {name_or_index!r}; known: {[c.name for c in self.channels]}")
+
+
+class Instrument(Strict):
+    driver: str = Field(description="driver name, e.g. lakeshore336, santec_tsl570, mdt694b")
+    transport: Literal["visa", "serial", "tcp"] = "tcp"
+    resource: str = Field(description="VISA resource, serial URL or host:port")
+    sim: bool = Field(False, description="true: qnode starts the simulated instrument at this address")
+    timeout_s: float = Field(1.0, gt=0)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Loop(Strict):
+    enabled: bool = True
+    period_s: float = Field(gt=0)
+    missed_period: Literal["skip", "catch_up", "stop"] = "skip"
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class Recording(Strict):
+    directory: Path = Path("runs")
+    flush_s: float = Field(1.0, gt=0, le=1.0, description="at most this much is lost on a crash")
+    rotate_mb: float = Field(2000.0, gt=0)
+    rotate_s: float = Field(3600.0, gt=0)
+    compression: Literal["gzip", "lzf", "none"] = "gzip"
+
+
+# --- the simulated lab's physics (used when fpga.board == "sim") -------------------------
+
+
+class DetectorModel(Strict):
+    efficiency: float = Field(0.85, ge=0, le=1)
+    dark_rate_hz: float = Field(100.0, ge=0)
+    jitter_ps: float = Field(50.0, ge=0, description="Gaussian RMS")
+    dead_time_ps: int = Field(20_000, ge=0, description="detector recovery time")
+    afterpulse_probability: float = Field(0.001, ge=0, lt=1)
+    afterpulse_delay_ps: int = Field(100_000, ge=0)
+
+
+class SyncSource(Strict):
+    channel: int = Field(ge=0, lt=MAX_CHANNELS)
+    rate_hz: float = Field(gt=0)
+    jitter_ps: float = Field(5.0, ge=0)
+
+
+class PairSource(Strict):
+    rate_hz: float = Field(ge=0, description="pair rate at the source (Poisson)")
+    channel_a: int = Field(ge=0, lt=MAX_CHANNELS)
+    channel_b: int = Field(ge=0, lt=MAX_CHANNELS)
+    transmission_a: float = Field(ge=0, le=1)
+    transmission_b: float = Field(ge=0, le=1)
+    pulsed: bool = Field(False, description="true: pairs are emitted at sync pulses, not continuously")
+
+
+class Heralding(Strict):
+    """Two emitters and a beam splitter feeding the heralding station's detectors."""
+
+    channel_plus: int = Field(ge=0, lt=MAX_CHANNELS)
+    channel_minus: int = Field(ge=0, lt=MAX_CHANNELS)
+    emission_probability: float = Field(ge=0, le=1, description="alpha, per emitter per attempt")
+    transmission: float = Field(ge=0, le=1, description="emitter to station, per emitter")
+    arrival_delay_ps: int = Field(ge=0, description="from the sync pulse to the photon at the station")
+    emitter_lifetime_ps: float = Field(1000.0, ge=0, description="exponential emission delay")
+    window_ps: int = Field(10_000, gt=0, description="detection window the herald unit uses")
+
+
+class ReferenceLight(Strict):
+    """Time-shared reference bursts for the phase lock."""
+
+    cycle_ps: int = Field(gt=0)
+    burst_ps: int = Field(gt=0)
+    rate_hz: float = Field(ge=0, description="detected photons/s in total during a burst")
+    visibility: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.burst_ps > self.cycle_ps:
+            raise ValueError("burst_ps must not exceed cycle_ps")
+        return self
+
+
+class SimLab(Strict):
+    seed: int = 1
+    sync: SyncSource | None = None
+    pair_source: PairSource | None = None
+    heralding: Heralding | None = None
+    reference: ReferenceLight | None = None
+    detector: DetectorModel = Field(default_factory=DetectorModel, description="defaults for every detector")
+    detectors: dict[int, DetectorModel] = Field(default_factory=dict, description="per-channel overrides")
+    cable_delay_ps: dict[int, int] = Field(default_factory=dict, description="true delays, unknown to the software")
+
+    @field_validator("detectors", "cable_delay_ps", mode="before")
+    @classmethod
+    def _int_keys(cls, value):
+        # TOML table keys are strings; channels are integers.
+        if isinstance(value, dict):
+            try:
+                return {int(k): v for k, v in value.items()}
+            except ValueError as exc:
+                raise ValueError(f"keys must be channel numbers: {exc}") from None
+        return value
+
+
+class LabConfig(Strict):
+    node: Node = Field(default_factory=Node)
+    fpga: Fpga
+    instruments: dict[str, Instrument] = Field(default_factory=dict)
+    loops: dict[str, Loop] = Field(default_factory=dict)
+    recording: Recording = Field(default_factory=Recording)
+    sim: SimLab | None = None
+
+    source_path: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _check_sim_channels(self):
+        if self.sim is None:
+            return self
+        known = {ch.index for ch in self.fpga.channels}
+        used = []
+        if self.sim.sync:
+            used.append(("sim.sync.channel", self.sim.sync.channel))
+        if self.sim.pair_source:
+            used += [("sim.pair_source.channel_a", self.sim.pair_source.channel_a),
+                     ("sim.pair_source.channel_b", self.sim.pair_source.channel_b)]
+        if self.sim.heralding:
+            used += [("sim.heralding.channel_plus", self.sim.heralding.channel_plus),
+                     ("sim.heralding.channel_minus", self.sim.heralding.channel_minus)]
+        for key, ch in used:
+            if ch not in known:
+                raise ValueError(f"{key} = {ch} is not one of fpga.channels ({sorted(known)})")
+        return self
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. The message names the file, the key and the problem."""
+
+
+def _key_path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(path: str | Path, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = _key_path(err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        got = ""
+        if err["type"] not in ("missing",) and "input" in err and not isinstance(err["input"], dict):
+            got = f" (got {err['input']!r})"
+        lines.append(f"{path}: {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_config(text: str, path: str | Path = "<string>") -> LabConfig:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        config = LabConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(path, exc)) from None
+    config.source_path = Path(path) if path != "<string>" else None
+    return config
+
+
+def load_config(path: str | Path | None = None) -> LabConfig:
+    """Load and validate a lab config. ``None`` loads the packaged sim.toml."""
+    if path is None:
+        text = resources.files("qnode.lab_configs").joinpath("sim.toml").read_text()
+        return parse_config(text, "lab_configs/sim.toml")
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse_config(text, path)

@@ -1,0 +1,1 @@
+"""qnode.lab_configs"""
