@@ -1,0 +1,1 @@
+"""Simulated instruments: servers speaking each instrument's wire protocol."""
