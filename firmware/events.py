@@ -99,8 +99,8 @@ class ProtocolVersionError(EventFormatError):
 
 
 def max_epoch(bin_ps: int) -> int:
-    """Largest epoch whose times still fit int64 picoseconds."""
-    return (np.iinfo(np.int64).max // bin_ps) >> TIME_BITS
+    """Largest epoch whose times (any low 32 bits) still fit int64 picoseconds."""
+    return ((np.iinfo(np.int64).max // bin_ps) >> TIME_BITS) - 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -253,12 +253,12 @@ class StreamDecoder:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _take_header(self, word) -> None:
-        self.stats.headers += 1
         try:
             header = StreamHeader.from_word(word)
         except EventFormatError:
             self.stats.invalid_words += 1
             return
+        self.stats.headers += 1
         if header.version != PROTOCOL_VERSION:
             raise ProtocolVersionError(header.version)
         self.header = header

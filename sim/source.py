@@ -1,0 +1,291 @@
+"""The simulated lab's light and detectors: detector clicks per channel, in batches.
+
+What arrives (SCENARIO.md):
+
+- a sync laser pulse train (one entanglement attempt per pulse);
+- a photon-pair (SPDC) source, continuous (Poisson pairs) or pulsed (Poisson pairs per sync);
+- two emitters feeding a beam splitter in front of the heralding detectors: each emits with
+  probability alpha per attempt, photons arrive a fixed fibre delay after their sync with an
+  exponential emission delay, and two photons bunch onto the same output (Hong-Ou-Mandel);
+- reference light bursts for the phase lock, split (1 +- V cos phi)/2 onto the two heralding
+  detectors, with phi(t) from an interferometer model (``phase_rad`` callable);
+- dark counts on every channel.
+
+Then each photon meets its detector: efficiency (a Bernoulli draw), cable delay, Gaussian
+jitter, and the dead time and afterpulsing of :mod:`qnode.sim.detector`.
+
+Output: time-ordered numpy structured arrays of (time_ps int64, channel uint8), ties in
+channel order. Seeded: the same config and batch sizes give the same clicks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from numba import njit
+
+from qnode.host.config import DetectorModel, LabConfig, SimLab
+
+from .detector import Detector
+
+CLICK_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1")])
+
+PhaseFn = Callable[[np.ndarray], np.ndarray]
+
+
+def detector_models(lab: SimLab, channels: list[int]) -> dict[int, DetectorModel]:
+    """Each channel's detector: sim.detector, updated by the keys set in sim.detectors.N."""
+    models = {}
+    for ch in channels:
+        override = lab.detectors.get(ch)
+        if override is None:
+            models[ch] = lab.detector
+        else:
+            models[ch] = lab.detector.model_copy(
+                update={k: getattr(override, k) for k in override.model_fields_set}
+            )
+    return models
+
+
+@njit(cache=True)
+def _merge_channels(times, offsets):
+    """k-way merge of per-channel sorted runs; ties go to the lower run (channel order)."""
+    n_runs = offsets.shape[0] - 1
+    heads = offsets[:-1].copy()
+    n = offsets[-1]
+    order = np.empty(n, np.int64)
+    big = np.iinfo(np.int64).max
+    for k in range(n):
+        best = -1
+        best_t = big
+        for r in range(n_runs):
+            h = heads[r]
+            if h < offsets[r + 1] and times[h] < best_t:
+                best_t = times[h]
+                best = r
+        order[k] = heads[best]
+        heads[best] += 1
+    return order
+
+
+def _poisson_times(rng: np.random.Generator, rate_hz: float, t0_ps: int, t1_ps: int) -> np.ndarray:
+    """Event times of a Poisson process on [t0, t1), sorted, int64 ps (cumulated gaps)."""
+    span = t1_ps - t0_ps
+    if rate_hz <= 0 or span <= 0:
+        return np.empty(0, np.int64)
+    mean_gap_ps = 1e12 / rate_hz
+    expected = span / mean_gap_ps
+    chunks, reached = [], 0.0
+    while reached < span:
+        gaps = rng.exponential(mean_gap_ps, int(expected + 6 * np.sqrt(expected) + 16))
+        times = np.cumsum(gaps)
+        times += reached
+        reached = times[-1]
+        chunks.append(times)
+    times = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+    times = times[: np.searchsorted(times, span)]
+    return times.astype(np.int64) + t0_ps
+
+
+def _bernoulli_indices(rng: np.random.Generator, p: float, n: int) -> np.ndarray:
+    """Indices in [0, n) that succeed with probability p each, drawn as geometric gaps."""
+    if p <= 0 or n == 0:
+        return np.empty(0, np.int64)
+    if p >= 1:
+        return np.arange(n)
+    expected = n * p
+    gaps = rng.geometric(p, int(expected + 6 * np.sqrt(expected) + 16))
+    idx = np.cumsum(gaps) - 1
+    while idx[-1] < n:
+        more = np.cumsum(rng.geometric(p, len(gaps))) + idx[-1]
+        idx = np.concatenate([idx, more])
+    return idx[: np.searchsorted(idx, n)]
+
+
+def _merge_sorted(*runs: np.ndarray) -> np.ndarray:
+    """Merge sorted int64 arrays (timsort finds the runs: linear for few runs)."""
+    runs = [r for r in runs if len(r)]
+    if not runs:
+        return np.empty(0, np.int64)
+    if len(runs) == 1:
+        return runs[0]
+    out = np.concatenate(runs)
+    out.sort(kind="stable")
+    return out
+
+
+class PhotonSource:
+    """Detector clicks of the simulated lab, generated batch after batch.
+
+    ``generate(duration_ps)`` returns the clicks of the next ``duration_ps`` of lab time.
+    Detector parameters may change between batches (``set_detector``), which is how the
+    lab model applies bias and temperature.
+    """
+
+    def __init__(self, config: LabConfig, phase_rad: PhaseFn | None = None, seed: int | None = None):
+        if config.sim is None:
+            raise ValueError("this config has no [sim] table: nothing to simulate")
+        self.lab = config.sim
+        self.channels = sorted(ch.index for ch in config.fpga.channels)
+        self.seed = self.lab.seed if seed is None else seed
+        self.rng = np.random.default_rng(self.seed)
+        self.phase_rad: PhaseFn = phase_rad or (lambda t_ps: np.zeros(len(t_ps)))
+        models = detector_models(self.lab, self.channels)
+        self.detectors = {
+            ch: Detector(
+                channel=ch,
+                cable_delay_ps=self.lab.cable_delay_ps.get(ch, 0),
+                seed=(self.seed * 1_000_003 + ch) & 0xFFFF_FFFF_FFFF_FFFF,
+                **models[ch].model_dump(),
+            )
+            for ch in self.channels
+        }
+        self._nominal_efficiency = {ch: models[ch].efficiency for ch in self.channels}
+        max_jitter = max((d.jitter_ps for d in self.detectors.values()), default=0.0)
+        # Arrivals within this guard of a batch's end wait for the next batch, where emissions
+        # with negative jitter could still land before them.
+        self._guard_ps = int(10 * max_jitter) + 1000
+        self._pending = {ch: np.empty(0, np.int64) for ch in self.channels}
+        self.now_ps = 0
+        self._next_sync = 0  # index of the next sync pulse
+
+    # -- lab model hooks ---------------------------------------------------------------
+
+    def set_detector(self, channel: int, **params) -> None:
+        """Change a detector's physics (efficiency, dark_rate_hz, ...) from the next batch on."""
+        det = self.detectors[channel]
+        for key, value in params.items():
+            if not hasattr(det, key) or key.startswith("_") or key == "channel":
+                raise AttributeError(f"detector has no parameter {key!r}")
+            setattr(det, key, value)
+
+    # -- generation --------------------------------------------------------------------
+
+    def generate(self, duration_ps: int) -> np.ndarray:
+        """Clicks with time in [now, now + duration), time-ordered."""
+        t0, t1 = self.now_ps, self.now_ps + int(duration_ps)
+        arrivals: dict[int, list[np.ndarray]] = {ch: [] for ch in self.channels}
+        for ch, times in self._emit(t0, t1):
+            arrivals[ch].append(times)
+        for ch in self.channels:
+            det = self.detectors[ch]
+            arrivals[ch].append(_poisson_times(self.rng, det.dark_rate_hz, t0, t1))
+
+        cut = t1 - self._guard_ps
+        runs, offsets = [], [0]
+        for ch in self.channels:
+            det = self.detectors[ch]
+            new = _merge_sorted(*arrivals[ch])
+            if det.jitter_ps > 0 and len(new):
+                new = new + np.rint(self.rng.normal(0.0, det.jitter_ps, len(new))).astype(np.int64)
+            new += det.cable_delay_ps
+            merged = _merge_sorted(self._pending[ch], new)
+            if det.jitter_ps > 0:
+                merged.sort(kind="stable")  # jitter swaps close neighbours: nearly sorted
+            clicks, self._pending[ch] = det.click(merged, cut)
+            runs.append(clicks)
+            offsets.append(offsets[-1] + len(clicks))
+        self.now_ps = t1
+
+        times = np.concatenate(runs) if runs else np.empty(0, np.int64)
+        channels = np.repeat(np.array(self.channels, np.uint8), np.diff(offsets))
+        order = _merge_channels(times, np.array(offsets, np.int64))
+        out = np.empty(len(times), CLICK_DTYPE)
+        out["time_ps"] = times[order]
+        out["channel"] = channels[order]
+        return out
+
+    def _detected(self, channel: int, times: np.ndarray, probability: float = 1.0) -> np.ndarray:
+        """Photons that the detector registers: transmission x efficiency, one draw each."""
+        p = probability * self.detectors[channel].efficiency
+        if p >= 1.0:
+            return times
+        return times[self.rng.random(len(times)) < p]
+
+    def _sync_times(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sync pulse indices and times in [t0, t1)."""
+        sync = self.lab.sync
+        if sync is None:
+            return np.empty(0, np.int64), np.empty(0, np.int64)
+        period_ps = 1e12 / sync.rate_hz
+        first = self._next_sync
+        last = int(np.ceil(t1 / period_ps))  # first pulse at or after t1
+        index = np.arange(first, last, dtype=np.int64)
+        times = np.rint(index * period_ps).astype(np.int64)
+        keep = times < t1
+        self._next_sync = first + int(np.count_nonzero(keep))
+        return index[keep], times[keep]
+
+    def _in_burst(self, times: np.ndarray) -> np.ndarray:
+        ref = self.lab.reference
+        if ref is None:
+            return np.zeros(len(times), bool)
+        return (times % ref.cycle_ps) < ref.burst_ps
+
+    def _emit(self, t0: int, t1: int):
+        """(channel, photon arrival times before the detector) for emissions in [t0, t1)."""
+        lab = self.lab
+        _, sync_times = self._sync_times(t0, t1)
+        if lab.sync is not None:
+            yield lab.sync.channel, self._detected(lab.sync.channel, sync_times)
+
+        if lab.pair_source is not None:
+            ps = lab.pair_source
+            # Thinning: A-only, B-only and both-detected pairs are independent Poisson
+            # processes, so only detected photons are ever drawn.
+            p_a = ps.transmission_a * self.detectors[ps.channel_a].efficiency
+            p_b = ps.transmission_b * self.detectors[ps.channel_b].efficiency
+            rates = (ps.rate_hz * p_a * (1 - p_b), ps.rate_hz * (1 - p_a) * p_b, ps.rate_hz * p_a * p_b)
+            if ps.pulsed:
+                if lab.sync is None:
+                    raise ValueError("sim.pair_source.pulsed needs sim.sync")
+                a_only, b_only, both = (
+                    np.repeat(sync_times, self.rng.poisson(r / lab.sync.rate_hz, len(sync_times)))
+                    for r in rates
+                )
+            else:
+                a_only, b_only, both = (_poisson_times(self.rng, r, t0, t1) for r in rates)
+            yield ps.channel_a, _merge_sorted(a_only, both)
+            yield ps.channel_b, _merge_sorted(b_only, both)
+
+        if lab.heralding is not None and len(sync_times):
+            yield from self._emit_heralding(sync_times)
+
+        if lab.reference is not None and lab.heralding is not None:
+            yield from self._emit_reference(t0, t1)
+
+    def _emit_heralding(self, sync_times: np.ndarray):
+        h = self.lab.heralding
+        attempts = sync_times[~self._in_burst(sync_times)]
+        n = len(attempts)
+        # Each emitter's photon reaches the station (alpha x transmission) in attempts picked
+        # by geometric skips, so the ~1000x more empty attempts cost no random draws.
+        p = h.emission_probability * h.transmission
+        hits = [_bernoulli_indices(self.rng, p, n) for _ in range(2)]
+        which, photons = np.unique(np.concatenate(hits), return_counts=True)
+        # Two photons are indistinguishable and bunch onto one output (HOM).
+        to_plus = self.rng.random(len(which)) < 0.5
+        base = attempts[which] + h.arrival_delay_ps
+        for ch, side in ((h.channel_plus, to_plus), (h.channel_minus, ~to_plus)):
+            t = np.repeat(base[side], photons[side])
+            if h.emitter_lifetime_ps > 0:
+                t = t + np.rint(self.rng.exponential(h.emitter_lifetime_ps, len(t))).astype(np.int64)
+            t.sort()
+            yield ch, self._detected(ch, t)
+
+    def _emit_reference(self, t0: int, t1: int):
+        ref, h = self.lab.reference, self.lab.heralding
+        # Rate is what the detectors see at nominal efficiency; scale by their current one.
+        cycles = np.arange(t0 // ref.cycle_ps, (t1 - 1) // ref.cycle_ps + 1)
+        starts = np.maximum(cycles * ref.cycle_ps, t0)
+        stops = np.minimum(cycles * ref.cycle_ps + ref.burst_ps, t1)
+        chunks = [_poisson_times(self.rng, ref.rate_hz, a, b) for a, b in zip(starts, stops) if b > a]
+        times = np.concatenate(chunks) if chunks else np.empty(0, np.int64)
+        phi = np.asarray(self.phase_rad(times), dtype=float)
+        p_plus = 0.5 * (1.0 + ref.visibility * np.cos(phi))
+        plus = self.rng.random(len(times)) < p_plus
+        for ch, sel in ((h.channel_plus, plus), (h.channel_minus, ~plus)):
+            scale = self.detectors[ch].efficiency / max(self._nominal_efficiency[ch], 1e-12)
+            t = times[sel]
+            yield ch, t[self.rng.random(len(t)) < min(scale, 1.0)]

@@ -1,0 +1,89 @@
+"""Lab configs: the shipped ones load, bad ones fail with file, key and what was expected."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qnode.host.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SIM = ROOT / "lab_configs" / "sim.toml"
+
+
+def test_shipped_configs_load():
+    sim = load_config(SIM)
+    assert sim.fpga.bin_ps == 1000
+    assert [c.name for c in sim.fpga.channels][:5] == ["sync", "spdc_a", "spdc_b", "bsm_plus", "bsm_minus"]
+    assert sim.sim.cable_delay_ps == {1: 3200, 2: 7900, 3: 12400, 4: 12900}
+    real = load_config(ROOT / "lab_configs" / "example_lab.toml")
+    assert real.fpga.bin_ps == 1250 and real.sim is None
+
+
+def test_default_config_is_the_packaged_sim_toml():
+    assert load_config(None).model_dump() == load_config(SIM).model_dump()
+
+
+def _broken(old: str, new: str) -> str:
+    text = SIM.read_text()
+    assert old in text, old
+    return text.replace(old, new, 1)
+
+
+@pytest.mark.parametrize(
+    "old, new, expected",
+    [
+        ("dead_time_ps = 8000\n[[fpga.channels]]\nindex = 3",
+         "dead_time_ps = 'soon'\n[[fpga.channels]]\nindex = 3",
+         "fpga.channels[2].dead_time_ps: Input should be a valid integer"),
+        ("oversampling = 8", "oversampling = 6", "fpga.oversampling: Input should be 4 or 8"),
+        ("rate_hz = 1e6          # one", "rate_hz = -5   # one", "sim.sync.rate_hz: Input should be greater than 0"),
+        ("transmission_a = 0.10", "transmision_a = 0.10", "sim.pair_source.transmision_a: Extra inputs are not permitted"),
+        ("sys_clk_hz = 125_000_000", "sys_clk_hz = 300_000_000", "whole number of ps per bin"),
+        ("channel_a = 1", "channel_a = 9", "sim.pair_source.channel_a = 9 is not one of fpga.channels"),
+        ('driver = "lakeshore336"\ntransport = "tcp"', 'driver = "lakeshore336"\ntransport = "usb"',
+         "instruments.cryostat.transport: Input should be 'visa', 'serial' or 'tcp'"),
+        ("index = 7", "index = 6", "channel index 6 appears twice"),
+    ],
+)
+def test_bad_config_names_file_key_and_expectation(tmp_path, old, new, expected):
+    path = tmp_path / "broken.toml"
+    path.write_text(_broken(old, new))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ")
+    assert expected in message
+
+
+def test_not_toml_and_missing_file_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match=r"bad\.toml: not valid TOML"):
+        parse_config("[fpga\n", "bad.toml")
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+    with pytest.raises(ConfigError, match="fpga: Field required"):
+        parse_config("[node]\nname = 'x'\n", "nofpga.toml")
+
+
+def test_detector_overrides_merge_with_defaults():
+    from qnode.sim.source import detector_models
+
+    cfg = load_config(SIM)
+    models = detector_models(cfg.sim, [0, 1])
+    assert models[0].dark_rate_hz == 0 and models[0].jitter_ps == 5
+    assert models[1].efficiency == 0.85 and models[1].dead_time_ps == 20_000
+
+
+def _qnode(*args):
+    return subprocess.run([sys.executable, "-m", "qnode.host.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_cli_config_check(tmp_path):
+    ok = _qnode("config", "check", str(SIM))
+    assert ok.returncode == 0 and ok.stdout.strip() == "ok"
+    path = tmp_path / "broken.toml"
+    path.write_text(_broken("oversampling = 8", "oversampling = 6"))
+    bad = _qnode("config", "check", str(path))
+    assert bad.returncode == 1
+    assert f"{path}: fpga.oversampling" in bad.stderr

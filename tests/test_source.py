@@ -1,0 +1,199 @@
+"""The simulated photon source and detectors against the physics configured in sim.toml.
+
+Tolerances are statistical: 5 standard deviations of the counts plus a stated allowance for
+effects the formula leaves out (dead-time and afterpulse corrections of order R x 20 ns).
+"""
+
+import numpy as np
+import pytest
+
+from qnode.host.config import load_config
+from qnode.sim.detector import Detector
+from qnode.sim.source import PhotonSource
+
+SECOND_PS = 10**12
+
+
+def reference_lab(**changes):
+    cfg = load_config()
+    for dotted, value in changes.items():
+        obj = cfg.sim
+        *path, last = dotted.split(".")
+        for part in path:
+            obj = getattr(obj, part)
+        setattr(obj, last, value)
+    return cfg
+
+
+def run(cfg, seconds, batch_s=0.05, phase_rad=None, seed=None):
+    src = PhotonSource(cfg, phase_rad=phase_rad, seed=seed)
+    batch_s = min(batch_s, seconds)
+    n = round(seconds / batch_s)
+    return np.concatenate([src.generate(int(batch_s * SECOND_PS)) for _ in range(n)])
+
+
+def times(clicks, channel):
+    return clicks["time_ps"][clicks["channel"] == channel]
+
+
+def within(measured, expected, systematic=0.003):
+    """measured agrees with expected counts within 5 sigma plus a relative allowance."""
+    return abs(measured - expected) <= 5 * np.sqrt(expected) + systematic * expected
+
+
+def cross_histogram(a, b, shift_ps, half_range_ps, bin_ps):
+    """Histogram of b - a - shift over +-half_range (an independent, plain numpy count)."""
+    lo = np.searchsorted(b, a + shift_ps - half_range_ps)
+    hi = np.searchsorted(b, a + shift_ps + half_range_ps)
+    n = hi - lo
+    starts = np.repeat(lo, n)
+    offsets = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+    diffs = b[starts + offsets] - np.repeat(a, n) - shift_ps
+    edges = np.arange(-half_range_ps, half_range_ps + 1, bin_ps)
+    return np.histogram(diffs, edges)[0], edges
+
+
+def test_singles_rates_follow_transmission_efficiency_and_dark_counts():
+    cfg = reference_lab()
+    seconds = 2.0
+    clicks = run(cfg, seconds)
+    lab = cfg.sim
+    det = lab.detector
+    for ch, transmission in ((1, lab.pair_source.transmission_a), (2, lab.pair_source.transmission_b)):
+        incident = lab.pair_source.rate_hz * transmission * det.efficiency + det.dark_rate_hz
+        incident *= 1 + det.afterpulse_probability
+        expected_hz = incident / (1 + incident * det.dead_time_ps * 1e-12)  # non-paralysable
+        assert within(len(times(clicks, ch)), expected_hz * seconds), (ch, len(times(clicks, ch)) / seconds, expected_hz)
+    for ch in (5, 6, 7):  # spare channels: dark counts only
+        assert within(len(times(clicks, ch)), det.dark_rate_hz * seconds, systematic=0.05)
+    assert len(times(clicks, 0)) == seconds * lab.sync.rate_hz  # the sync photodiode misses nothing
+
+
+def test_true_coincidences_and_accidentals_match_r1_r2_tau():
+    # 10x the reference pair rate so accidentals are well measured in 0.2 s.
+    cfg = reference_lab(**{"pair_source.rate_hz": 1e7})
+    seconds = 0.2
+    clicks = run(cfg, seconds)
+    a, b = times(clicks, 1), times(clicks, 2)
+    lab = cfg.sim
+    shift = lab.cable_delay_ps[2] - lab.cable_delay_ps[1]
+    counts, edges = cross_histogram(a, b, shift, half_range_ps=50_000, bin_ps=1000)
+    centres = (edges[:-1] + edges[1:]) / 2
+
+    r_a, r_b = len(a) / seconds, len(b) / seconds
+    far = np.abs(centres) > 5_000
+    accidental_per_bin = r_a * r_b * 1e-9 * seconds
+    assert within(counts[far].sum(), accidental_per_bin * far.sum(), systematic=0.01)
+
+    # The peak: +-2 ns holds all the jitter (sqrt(2) x 50 ps RMS); subtract accidentals.
+    peak = np.abs(centres) < 2_000
+    trues = counts[peak].sum() - accidental_per_bin * peak.sum()
+    p_a = lab.pair_source.transmission_a * lab.detector.efficiency
+    p_b = lab.pair_source.transmission_b * lab.detector.efficiency
+    survive = (1 - r_a * 20e-9) * (1 - r_b * 20e-9)  # neither detector dead
+    expected_trues = lab.pair_source.rate_hz * p_a * p_b * seconds * survive
+    assert within(trues, expected_trues, systematic=0.01), (trues, expected_trues)
+
+    # The peak sits at the cable delay difference with the jitter of two detectors.
+    d = cross_histogram(a, b, shift, 400, 1)[0]  # +-5.6 sigma: little flat background
+    width = np.sqrt(np.average((np.arange(-400, 400) + 0.5) ** 2, weights=d))
+    assert 60 < width < 85  # sqrt(2) x 50 ps = 71 ps
+
+
+def test_dead_time_is_never_violated_and_afterpulses_come_100ns_later():
+    cfg = reference_lab(**{"pair_source.rate_hz": 1e7})
+    clicks = run(cfg, 0.2)
+    det = cfg.sim.detector
+    for ch in (1, 2):
+        t = times(clicks, ch)
+        gaps = np.diff(t)
+        assert gaps.min() >= det.dead_time_ps
+        afterpulses = np.count_nonzero(np.isin(t + det.afterpulse_delay_ps, t))
+        expected = len(t) * det.afterpulse_probability
+        assert abs(afterpulses - expected) <= 5 * np.sqrt(expected) + 2
+
+
+def test_heralding_station_clicks_per_attempt():
+    cfg = reference_lab(**{"reference": None, "heralding.emission_probability": 0.5})
+    seconds = 0.2
+    clicks = run(cfg, seconds)
+    h, det = cfg.sim.heralding, cfg.sim.detector
+    attempts = seconds * cfg.sim.sync.rate_hz
+    p = h.emission_probability * h.transmission
+    # Photons per attempt: two emitters, each p; bunched photons give one click (dead time).
+    p_click = (2 * p * (1 - p) * det.efficiency + p * p * (1 - (1 - det.efficiency) ** 2))
+    station = len(times(clicks, 3)) + len(times(clicks, 4))
+    dark = 2 * det.dark_rate_hz * seconds
+    assert within(station - dark, attempts * p_click, systematic=0.01)
+    # Clicks sit at the fibre delay after their sync, inside the detection window.
+    t = times(clicks, 3)
+    t = t[t > h.arrival_delay_ps + 20_000]
+    # Jitter may put a click up to a few hundred ps before the window's nominal start.
+    offset = (t - h.arrival_delay_ps - cfg.sim.cable_delay_ps[3] + 500) % 1_000_000 - 500
+    inside = np.count_nonzero(offset < h.window_ps)
+    dark = det.dark_rate_hz * seconds  # dark counts fall anywhere
+    assert inside >= len(t) - dark - 5 * np.sqrt(dark)
+
+
+@pytest.mark.parametrize("phase, plus_fraction", [(0.0, (1 + 0.95) / 2), (np.pi / 2, 0.5), (np.pi, (1 - 0.95) / 2)])
+def test_reference_light_splits_by_interferometer_phase(phase, plus_fraction):
+    cfg = reference_lab(**{"heralding.emission_probability": 0.0, "detector.dark_rate_hz": 0.0})
+    clicks = run(cfg, 0.1, phase_rad=lambda t: np.full(len(t), phase))
+    plus, minus = len(times(clicks, 3)), len(times(clicks, 4))
+    total = plus + minus
+    # 1e6 /s during the 10 % burst duty cycle, at nominal efficiency.
+    assert within(total, 1e6 * 0.1 * 0.1 * (1 + 0.001), systematic=0.01)
+    sigma = np.sqrt(total * plus_fraction * (1 - plus_fraction)) + 1
+    assert abs(plus - total * plus_fraction) <= 5 * sigma
+    # Only during bursts: the first 100 us of every 1 ms cycle (plus cable delay and jitter).
+    t = np.concatenate([times(clicks, 3), times(clicks, 4)])
+    assert np.all((t - 12_400) % 1_000_000_000 < 100_000_000 + 1_000)
+
+
+def test_output_is_time_ordered_with_ties_in_channel_order_across_batches():
+    clicks = run(reference_lab(), 0.05, batch_s=0.001)
+    t, ch = clicks["time_ps"], clicks["channel"]
+    assert np.all(np.diff(t) >= 0)
+    ties = np.flatnonzero(np.diff(t) == 0)
+    assert np.all(ch[ties] < ch[ties + 1])
+
+
+def test_seeded_and_reproducible():
+    cfg = reference_lab()
+    one, two = run(cfg, 0.02), run(cfg, 0.02)
+    np.testing.assert_array_equal(one, two)
+    other = run(cfg, 0.02, seed=cfg.sim.seed + 1)
+    assert not np.array_equal(one["time_ps"][1000:2000], other["time_ps"][1000:2000])
+
+
+def test_detector_changes_apply_from_the_next_batch():
+    src = PhotonSource(reference_lab())
+    before = src.generate(SECOND_PS // 20)
+    src.set_detector(1, efficiency=0.0, dark_rate_hz=0.0)
+    after = src.generate(SECOND_PS // 20)
+    assert len(times(before, 1)) > 1000
+    # Arrivals held back at the batch edge (a ns) may still click; nothing after that.
+    assert len(times(after, 1)) <= 2
+    with pytest.raises(AttributeError, match="no parameter"):
+        src.set_detector(1, bias_ua=9.0)
+
+
+def test_detector_gives_the_same_clicks_however_the_batches_are_cut():
+    rng = np.random.default_rng(5)
+    arrivals = np.sort(rng.integers(0, 10**9, 200_000))
+    params = dict(channel=1, efficiency=1, dark_rate_hz=0, jitter_ps=0, dead_time_ps=20_000,
+                  afterpulse_probability=0.05, afterpulse_delay_ps=100_000, seed=9)
+    whole, _ = Detector(**params).click(arrivals, 10**9)
+    det, pieces, rest = Detector(**params), [], arrivals
+    for cut in np.linspace(0, 10**9, 37)[1:]:
+        clicks, rest = det.click(rest, int(cut))
+        pieces.append(clicks)
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+    assert np.diff(whole).min() >= 20_000
+
+
+def test_config_without_sim_table_is_refused():
+    cfg = load_config()
+    cfg.sim = None
+    with pytest.raises(ValueError, match=r"no \[sim\] table"):
+        PhotonSource(cfg)
