@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.qnode-installed
 
-.PHONY: run test bench bench-gateware bench-host venv clean
+.PHONY: run test bench bench-source venv clean
 
 run: $(STAMP)
 	$(VENV)/bin/qnode run
@@ -12,8 +12,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
-	$(PY) -m bench
+# Benchmarks print a table and write JSON under bench/results/ (git-ignored).
+bench: bench-source
+
+bench-source: $(STAMP)
+	$(PY) bench/source.py
 
 venv: $(STAMP)
 
