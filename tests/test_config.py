@@ -87,3 +87,15 @@ def test_cli_config_check(tmp_path):
     bad = _qnode("config", "check", str(path))
     assert bad.returncode == 1
     assert f"{path}: fpga.oversampling" in bad.stderr
+
+
+def test_every_config_key_is_documented():
+    from qnode.host import config as schema
+
+    doc = (ROOT / "docs" / "configuration.md").read_text()
+    models = [schema.Node, schema.Fpga, schema.Channel, schema.Instrument, schema.Loop, schema.Recording,
+              schema.SimLab, schema.SyncSource, schema.PairSource, schema.Heralding, schema.ReferenceLight,
+              schema.DetectorModel]
+    missing = [f"{m.__name__}.{key}" for m in models for key in m.model_fields
+               if f"`{key}`" not in doc and f".{key}" not in doc]  # keys, or sub-tables [a.key]
+    assert not missing, f"docs/configuration.md does not describe: {missing}"
