@@ -6,3 +6,57 @@ import click
 @click.group()
 def sim():
     """Run the simulated lab's instruments and FPGA as servers."""
+
+
+@sim.command("lab")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="lab config (default: the packaged lab_configs/sim.toml)")
+@click.option("--seconds", type=float, default=None, help="stop by itself after this many seconds (for tests)")
+@click.option("--speed", type=float, default=1.0, show_default=True,
+              help="simulated seconds per wall-clock second")
+@click.option("--any-port", is_flag=True, help="let the OS pick free TCP ports instead of the configured ones")
+def lab(config_file, seconds, speed, any_port):
+    """Serve every instrument the config marks sim = true until Ctrl-C."""
+    import sys
+    import time
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from qnode.host.config import ConfigError, load_config
+
+    from .instruments.rack import InstrumentRack
+    from .lab import LabModel
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    model = LabModel.for_demo(config, speed=speed)
+    try:
+        rack = InstrumentRack(config, model, any_free_port=any_port).start()
+    except (OSError, ValueError) as exc:
+        click.echo(f"cannot start the simulated instruments: {exc}", err=True)
+        sys.exit(1)
+    table = Table(title=f"simulated lab: {config.node.name}")
+    for column in ("name", "driver", "transport", "address"):
+        table.add_column(column)
+    for slot in rack.slots.values():
+        address = slot.address + (f" (counts {slot.counts.address})" if slot.counts is not None else "")
+        table.add_row(slot.name, slot.driver, slot.transport, address)
+    console = Console(width=120)
+    console.print(table)
+    if not rack.slots:
+        console.print("no instrument in this config has sim = true")
+    console.print("running; Ctrl-C stops" if seconds is None else f"running for {seconds:g} s")
+    sys.stdout.flush()
+    try:
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while deadline is None or time.monotonic() < deadline:
+            time.sleep(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        rack.stop()
+    console.print("stopped")
