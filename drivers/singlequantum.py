@@ -154,6 +154,16 @@ class SingleQuantumEos(Instrument):
         self._command("SetMeasurementPeriod", "InptMeasurementPeriod", value)
 
     # --- counts stream ---
+    def latest_counts(self) -> tuple[float, list[int]]:
+        """Counts of a period that ends after this call: older lines waiting in the stream are dropped."""
+        if self.counts_transport is not None and self.counts_transport.is_open:
+            self.counts_transport.discard_input()
+            try:
+                self.counts_transport.read_until(b"\n", self.timeout_s)  # the tail of a line cut by the discard
+            except (TransportTimeout, OSError):
+                self.counts_transport.close()  # next_counts reopens and names the problem
+        return self.next_counts()
+
     def next_counts(self) -> tuple[float, list[int]]:
         """The next line of the counts stream: (controller timestamp in ms, counts per detector).
 

@@ -169,6 +169,7 @@ class SerialTransport(Transport):
                                                write_timeout=timeout_s, exclusive=True)
         except serial.SerialException as exc:
             raise ConnectionRefusedError(f"cannot open {self.url}: {exc}") from None
+        self._port.reset_input_buffer()  # whatever waited in the port belongs to an earlier session
 
     def close(self) -> None:
         if self._port is not None:

@@ -166,6 +166,13 @@ class TcpInstrumentServer(_Faults):
     def stop(self) -> None:
         self._stop.set()
         if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes a thread blocked in accept()
+            except OSError:
+                pass
+            for thread in self._threads:
+                thread.join(timeout=1.0)  # then nothing holds the listening socket open
+            self._threads.clear()
             self._listener.close()
             self._listener = None
         self.drop_connections()

@@ -132,6 +132,10 @@ class EosCountsServer:
             now_s = self.lab.now_s()
             lines = b""
             emitted = 0
+            behind = int((now_s - self._last_s) // period_s) if period_s > 0 else 0
+            if behind > self.MAX_LINES_PER_POLL:
+                # Simulated time jumped: the controller reports the recent periods, not all of them.
+                self._last_s += (behind - self.MAX_LINES_PER_POLL) * period_s
             while now_s - self._last_s >= period_s and emitted < self.MAX_LINES_PER_POLL:
                 self._last_s += period_s
                 counts = self.lab.counts(period_s)[: self.controller.number_of_detectors]
