@@ -1,0 +1,64 @@
+"""From a lab config to open drivers, and `qnode sim lab` serving the config's instruments."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from qnode.drivers.registry import DRIVERS, make_instrument, open_instrument
+from qnode.host.config import Instrument, load_config
+from qnode.sim.instruments.rack import SIMULATORS, InstrumentRack
+
+
+def test_every_config_driver_name_has_a_driver_and_a_simulator():
+    assert set(DRIVERS) == set(SIMULATORS) == {
+        "lakeshore336", "lakeshore372", "santec_tsl570", "singlequantum_eos", "gs200", "mdt694b",
+        "keysight33500b", "pm100"}
+
+
+def test_unknown_driver_is_named_with_its_key():
+    with pytest.raises(ValueError, match=r"instruments\.cryostat\.driver: unknown driver 'lakeshore999'"):
+        make_instrument("cryostat", Instrument(driver="lakeshore999", resource="127.0.0.1:1"))
+
+
+def test_config_timeout_and_options_reach_the_driver():
+    entry = Instrument(driver="lakeshore336", resource="127.0.0.1:7777", timeout_s=0.3,
+                       options={"max_setpoint_k": 4.0, "backoff_max_s": 5.0})
+    driver = make_instrument("cryostat", entry)
+    assert driver.timeout_s == 0.3 and driver.max_setpoint_k == 4.0 and driver.backoff_max_s == 5.0
+    assert driver.transport.address == "127.0.0.1:7777"
+
+
+def test_every_sim_instrument_of_the_reference_lab_opens(lab):
+    config = load_config()
+    with InstrumentRack(config, lab, any_free_port=True) as rack:
+        assert set(rack.slots) == {n for n, e in config.instruments.items() if e.sim}
+        for name in rack.slots:
+            driver = open_instrument(name, rack.config_entry(name))
+            assert driver.identity and not driver.suspect
+            driver.close()
+        assert rack.slots["stretcher"].address.startswith("/dev/")
+
+
+def test_sim_lab_command_prints_the_table_and_stops(tmp_path):
+    from qnode.sim.cli import sim
+
+    result = CliRunner().invoke(sim, ["lab", "--seconds", "0.3", "--any-port"])
+    assert result.exit_code == 0, result.output
+    for name, driver in [("cryostat", "lakeshore336"), ("laser", "santec_tsl570"), ("snspd", "singlequantum_eos"),
+                         ("stretcher", "mdt694b"), ("powermeter", "pm100")]:
+        assert re.search(rf"{name}\s*│\s*{driver}", result.output), result.output
+    assert re.search(r"/dev/pts/\d+", result.output)
+    assert "stopped" in result.output
+
+
+def test_sim_lab_command_reports_a_bad_config(tmp_path):
+    from qnode.sim.cli import sim
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fpga]\nchannels = 'none'\n")
+    result = CliRunner().invoke(sim, ["lab", "--config", str(bad), "--seconds", "0.1"])
+    assert result.exit_code == 1
+    assert "bad.toml" in result.output
