@@ -11,6 +11,7 @@ once with :class:`InstrumentSuspect` instead of hammering a dead instrument.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Callable, TypeVar
 
@@ -43,6 +44,8 @@ class Instrument:
         self.reconnects = 0  # successful reconnects since open()
         self.failed_reconnects = 0  # consecutive failures of the current outage
         self.next_reconnect_at: float = 0.0
+        # One exchange at a time: a loop thread and an API thread may share a driver.
+        self._lock = threading.RLock()
 
     # --- naming ----------------------------------------------------------------------
     @property
@@ -72,6 +75,14 @@ class Instrument:
     def __exit__(self, *exc):
         self.close()
 
+    def snapshot(self) -> dict:
+        """What the instrument is doing now, for the record (read-only queries; units in keys)."""
+        return {"name": self.name, "model": self.model, "address": self.transport.address,
+                "identity": self.identity, "suspect": self.suspect, **self._readings()}
+
+    def _readings(self) -> dict:
+        return {}
+
     def _configure_protocol(self) -> None:
         """Push ``timeout_s`` into the protocol (subclasses own a ``protocol`` attribute)."""
         protocol = getattr(self, "protocol", None)
@@ -94,6 +105,10 @@ class Instrument:
 
     # --- every exchange goes through here ----------------------------------------------
     def _call(self, command: str, exchange: Callable[[], T]) -> T:
+        with self._lock:
+            return self._call_locked(command, exchange)
+
+    def _call_locked(self, command: str, exchange: Callable[[], T]) -> T:
         self._ensure_connected(command)
         try:
             return exchange()

@@ -40,6 +40,14 @@ class Keysight33500B(ScpiInstrument):
         model = parts[1].strip() if len(parts) > 1 else ""
         return (1, 2) if model.rstrip("AB").endswith("2") else (1,)
 
+    def _readings(self) -> dict:
+        out = {}
+        for channel in self.channels_present():
+            out[f"function_{channel}"] = self.function(channel)
+            out[f"offset_{channel}_v"] = self.offset_v(channel)
+            out[f"output_{channel}_on"] = self.output_on(channel)
+        return out
+
     def max_offset_v(self, channel: int = 1) -> float:
         return 10.0 if self.load_ohm[self._channel(channel)] >= 1e6 else 5.0
 

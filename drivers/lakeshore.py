@@ -51,6 +51,10 @@ class LakeShore336(ScpiInstrument):
             raise ValueOutOfRange(self.label, "output", output, self.OUTPUTS[0], self.OUTPUTS[-1])
         return output
 
+    def _readings(self) -> dict:
+        return {"temperature_a_k": self.temperature_k("A"), "setpoint_1_k": self.setpoint_k(1),
+                "heater_range_1": self.heater_range(1), "heater_output_1_percent": self.heater_output_percent(1)}
+
     # --- readings (safe at any time) ---
     def temperature_k(self, sensor: str = "A") -> float:
         return self._query_float(f"KRDG? {self._input(sensor)}")
@@ -140,6 +144,11 @@ class LakeShore372(ScpiInstrument):
         if output not in self.OUTPUTS:
             raise ValueOutOfRange(self.label, "output", output, 0, 2)
         return output
+
+    def _readings(self) -> dict:
+        channel, _ = self.scanner_channel()
+        return {"scanner_channel": channel, "temperature_scanned_k": self.temperature_k(channel),
+                "setpoint_0_k": self.setpoint_k(0), "heater_range_0": self.heater_range(0)}
 
     def temperature_k(self, channel=1) -> float:
         return self._query_float(f"KRDG? {self._channel(channel)}")

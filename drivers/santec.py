@@ -42,6 +42,10 @@ class SantecTSL570(ScpiInstrument):
     def power_max_dbm(self) -> float:
         return float(self.options.get("power_max_dbm", 13.0))
 
+    def _readings(self) -> dict:
+        return {"wavelength_nm": self.wavelength_nm(), "power_dbm": self.power_dbm(),
+                "emission_on": self.emission_on()}
+
     def wavelength_nm(self) -> float:
         return self._query_float(":WAV?") * 1e9
 

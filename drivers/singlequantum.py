@@ -105,6 +105,10 @@ class SingleQuantumEos(Instrument):
             raise ReplyError(f"{label} is not a list of numbers", value)
         return [float(v) for v in value]
 
+    def _readings(self) -> dict:
+        return {"bias_ua": self.bias_currents_ua(), "trigger_level_mv": self.trigger_levels_mv(),
+                "detectors_enabled": self.detectors_enabled(), "measurement_period_ms": self.measurement_period_ms()}
+
     # --- bias currents ---
     def bias_currents_ua(self) -> list[float]:
         return self._as_floats(self._request("BiasCurrent"), "BiasCurrent")

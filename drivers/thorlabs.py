@@ -32,6 +32,9 @@ class ThorlabsPM100(ScpiInstrument):
         self.wavelength_min_nm = parse_float(self.protocol.query("SENS:CORR:WAV? MIN"))
         self.wavelength_max_nm = parse_float(self.protocol.query("SENS:CORR:WAV? MAX"))
 
+    def _readings(self) -> dict:
+        return {"power_w": self.power_w(), "wavelength_nm": self.wavelength_nm()}
+
     def power_w(self) -> float:
         return self._query_float("MEAS:POW?")
 
@@ -78,7 +81,7 @@ class MdtProtocol(LineProtocol):
         echo = command.encode("ascii")
         if text.lstrip(b"\r").startswith(echo):  # echo may be on or off
             text = text.lstrip(b"\r")[len(echo):]
-        if b"CMD_NOT_DEFINED" in text or b"!" in text.strip()[:1]:
+        if b"CMD_NOT_DEFINED" in text or text.strip().startswith(b"!"):
             raise InstrumentReportedError("command not accepted", raw)
         return text
 
@@ -118,6 +121,9 @@ class ThorlabsMDT694B(Instrument):
         self.voltage_limit_v = self.protocol.query_value("vlimit?")
         self.min_voltage_v = self.protocol.query_value("xmin?")
         self.max_voltage_v = self.protocol.query_value("xmax?")
+
+    def _readings(self) -> dict:
+        return {"voltage_v": self.voltage_v(), "voltage_limit_v": self.voltage_limit_v}
 
     def voltage_v(self) -> float:
         return self._call("xvoltage?", lambda: self.protocol.query_value("xvoltage?"))

@@ -31,6 +31,12 @@ class YokogawaGS200(ScpiInstrument):
         # SNSPDs switch near 12 uA; the lab's ceiling protects them from a typo.
         return float(self.options.get("max_bias_ua", 20.0))
 
+    def _readings(self) -> dict:
+        out = {"function": self.function, "output_on": self.output_on()}
+        if self.function.startswith("CURR"):
+            out["bias_ua"] = self.bias_ua()
+        return out
+
     def output_on(self) -> bool:
         return self._query("OUTP?").strip() in ("1", "ON")
 

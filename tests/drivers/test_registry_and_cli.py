@@ -62,3 +62,23 @@ def test_sim_lab_command_reports_a_bad_config(tmp_path):
     result = CliRunner().invoke(sim, ["lab", "--config", str(bad), "--seconds", "0.1"])
     assert result.exit_code == 1
     assert "bad.toml" in result.output
+
+
+def test_snapshot_reads_every_instrument_without_changing_it(lab):
+    config = load_config()
+    with InstrumentRack(config, lab, any_free_port=True) as rack:
+        before = (lab.cryostat.setpoint_k, lab.cryostat.heater_range, lab.laser.emission_on,
+                  lab.interferometer.target_voltage_v(), [lab.bias_ua(c) for c in lab.snspd_channels])
+        snapshots = {}
+        for name in rack.slots:
+            driver = open_instrument(name, rack.config_entry(name))
+            snapshots[name] = driver.snapshot()
+            driver.close()
+        after = (lab.cryostat.setpoint_k, lab.cryostat.heater_range, lab.laser.emission_on,
+                 lab.interferometer.target_voltage_v(), [lab.bias_ua(c) for c in lab.snspd_channels])
+    assert before == after
+    assert snapshots["cryostat"]["temperature_a_k"] == pytest.approx(2.5)
+    assert snapshots["snspd"]["bias_ua"] == [10.0] * 4
+    assert snapshots["stretcher"]["voltage_v"] == 0.0
+    assert snapshots["laser"]["emission_on"] is False
+    assert "power_w" in snapshots["powermeter"]
