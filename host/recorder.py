@@ -1,145 +1,833 @@
-"""HDF5 recordings in Photon-HDF5 layout, plus qnode's own groups.
+"""HDF5 recordings: Photon-HDF5 layout for detector tags, qnode's own groups for the rest.
 
-Layout (docs/formats.md has the full table)::
+Layout of every file (docs/formats.md, "Recordings", has the full table)::
 
-    /photon_data/timestamps                 int64, one per detector tag
-    /photon_data/timestamps_specs/timestamps_unit   1e-12 (timestamps are picoseconds)
+    /photon_data/timestamps                 int64 ps, one per detector tag (plain values)
+    /photon_data/timestamps_specs/timestamps_unit   1e-12
     /photon_data/detectors                  uint8, the channel of each tag
     /setup, /identity, /provenance          Photon-HDF5 metadata
-    /qnode/events                           every non-tag event (SYNC, HERALD, COINCIDENCE,
-                                            LOSS) as (time_ps, channel, kind, aux)
-    /qnode/loss                             loss records: (time_ps, channel, reason, count)
-    /qnode/config                           the lab config (TOML text) the run used
+    /acquisition_duration                   s of lab time in this file
+    /qnode/sync, heralds, coincidences      the non-tag events, aux unpacked
+    /qnode/loss                             loss records (stream's and the recorder's own)
+    /qnode/instrument_readings              (time_s, instrument, quantity, value, unit)
+    /qnode/loops/<name>                     one table per loop: time_s + named float columns
+    /qnode/config, /qnode/gateware_manifest TOML text, JSON text
+    /qnode/recording/...                    sequence number, first and previous file names
 
-Datasets are chunked and compressed (HDF5 shuffle + gzip: every HDF5 reader decodes them
-without plugins) and grow batch by batch. Nothing is held back: ``append`` writes through to
-HDF5 and ``flush`` makes it durable.
+Why it is built this way:
+
+* Files are opened in SWMR mode (single writer, multiple readers) with the HDF5 1.10 file
+  format, so a notebook reads a file while it grows, Debian's h5dump 1.10 reads it, and a
+  writer killed with SIGKILL leaves a file that holds everything up to its last flush.
+* Tags are written chunk by chunk with HDF5's own shuffle + deflate filters, but the chunks
+  are compressed here (ISA-L when the ``isal`` package is installed, else zlib) and handed to
+  HDF5 with ``write_direct_chunk``: ISA-L deflates 5-10x faster than zlib, and the stored
+  data stay plain int64 ps that every HDF5 reader decodes without a plugin.
+* A file is rotated by size and age (``rotate_mb``, ``rotate_s``) into ``<stem>_0001.h5``,
+  ``<stem>_0002.h5``, ... so one file never grows without bound.
+* A write that fails (a full disk) stops the recording with ``RecordingError``; the file keeps
+  what was flushed before. ``RecorderThread`` puts the recorder behind a bounded queue so the
+  data path never waits for the disk; batches it cannot queue become loss records.
 """
 
 from __future__ import annotations
 
+import collections
+import dataclasses
 import datetime as dt
+import errno
 import getpass
+import json
+import os
 import platform
+import queue
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import version as package_version
 from pathlib import Path
+from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
 
-from qnode.firmware.events import EVENT_DTYPE, LOSS_COUNT_BITS, LOSS_COUNT_MAX, Kind
+from qnode.firmware.events import (
+    EVENT_DTYPE,
+    HERALD_ATTEMPT_BITS,
+    LOSS_COUNT_BITS,
+    LOSS_COUNT_MAX,
+    Kind,
+    LossReason,
+)
 
-LOSS_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1"), ("reason", "u1"), ("count", "<u4")])
+try:  # ISA-L: the same deflate stream as zlib, several times faster to compress
+    from isal import isal_zlib as _deflate_lib
 
-CHUNK = 1 << 16
+    DEFLATE_ENGINE = "isal"
+    _DEFLATE_LEVEL = 1  # ISA-L levels are 0-3; 1 is as small as 2 on tag data and fastest
+except ImportError:  # pragma: no cover - depends on the environment
+    _deflate_lib = zlib
+    DEFLATE_ENGINE = "zlib"
+    _DEFLATE_LEVEL = 1
+
+LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; pinning 1.10 keeps HDF5 1.10 tools able to read
+
+TAG_CHUNK = 1 << 17  # tags per chunk: 1 MiB of int64, the size of HDF5's default chunk cache
+TABLE_CHUNK = 4096  # rows per chunk of the low-rate tables
+
+SYNC_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1"), ("attempt", "<u4")])
+HERALD_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1"), ("outcome", "u1"), ("attempt", "<u4")])
+COINCIDENCE_DTYPE = np.dtype([("time_ps", "<i8"), ("pattern", "u1"), ("mask", "<u4")])
+LOSS_DTYPE = np.dtype(
+    [("time_ps", "<i8"), ("channel", "u1"), ("reason", "u1"), ("count", "<u4"), ("origin", "u1")]
+)
+READING_DTYPE = np.dtype(
+    [("time_s", "<f8"), ("instrument", "S32"), ("quantity", "S32"), ("value", "<f8"), ("unit", "S16")]
+)
+
+LOSS_ORIGIN_STREAM = 0  # a LOSS event that came with the stream (gateware, link, decoder)
+LOSS_ORIGIN_RECORDER = 1  # the recorder's own: a batch it could not queue or could not store
+
+# Loss reason the recorder writes for batches its queue could not take: the output (to disk)
+# stalled. DECODE marks events of a kind the recorder has no table for (none today).
+RECORDER_QUEUE_REASON = LossReason.OUTPUT
+UNKNOWN_KIND_REASON = LossReason.DECODE
 
 
-def _growable(group: h5py.Group, name: str, dtype, compression: str | None) -> h5py.Dataset:
-    kwargs = {}
-    if compression == "gzip":
-        kwargs = dict(compression="gzip", compression_opts=4, shuffle=True)
-    elif compression == "lzf":
-        kwargs = dict(compression="lzf", shuffle=True)
-    return group.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(CHUNK,), **kwargs)
+class RecordingError(RuntimeError):
+    """The recording stopped: ``path`` says which file, ``bytes_written`` how much it holds."""
+
+    def __init__(self, message: str, *, path: Path, bytes_written: int):
+        super().__init__(message)
+        self.path = path
+        self.bytes_written = bytes_written
 
 
-def _append(dataset: h5py.Dataset, values: np.ndarray) -> None:
-    n = len(values)
-    if n == 0:
-        return
-    start = dataset.shape[0]
-    dataset.resize((start + n,))
-    dataset[start:] = values
+@dataclasses.dataclass
+class RecorderStatus:
+    path: str  # the file being written (the last one after close)
+    files: list[str]  # every file of this recording, in sequence order
+    bytes: int  # on disk, all files
+    duration_s: float  # wall-clock time since the recording started
+    tags: int  # detector tags written
+    events: int  # non-tag events written (sync, heralds, coincidences, loss records)
+    lost_events: int  # events the loss records say were lost (stream's and recorder's)
+    dropped_batches: int  # batches the recorder itself could not store
+    dropped_records: int  # instrument readings and loop samples it could not store
+    queue_batches: int = 0  # RecorderThread: batches waiting
+    error: str | None = None  # why the recording stopped, if it did
 
 
-class Recorder:
-    """Writes decoded event batches to one HDF5 file."""
+def sequence_path(first: Path, sequence: int) -> Path:
+    """File ``sequence`` of a recording whose first file is ``first``: ``<stem>_0001.h5``, ..."""
+    first = Path(first)
+    if sequence == 0:
+        return first
+    return first.with_name(f"{first.stem}_{sequence:04d}{first.suffix}")
 
-    def __init__(
-        self,
-        path: str | Path,
-        *,
-        channel_names: dict[int, str],
-        config_text: str = "",
-        description: str = "",
-        compression: str = "gzip",
-    ):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        comp = None if compression == "none" else compression
-        self.file = h5py.File(self.path, "w", libver="latest")
-        f = self.file
-        f.create_dataset("description", data=description or "qnode recording")
-        f.create_dataset("acquisition_duration", data=0.0)
+
+def recording_files(first: str | Path) -> list[Path]:
+    """The files of a recording in order (they sort by name too): first, _0001, _0002, ..."""
+    out, seq = [], 0
+    while sequence_path(Path(first), seq).exists():
+        out.append(sequence_path(Path(first), seq))
+        seq += 1
+    return out
+
+
+def _shuffle(values: np.ndarray) -> bytes:
+    """HDF5's shuffle filter: byte k of every element, then byte k+1, ..."""
+    size = values.dtype.itemsize
+    if size == 1:
+        return values.tobytes()
+    return np.ascontiguousarray(values.view(np.uint8).reshape(-1, size).T).tobytes()
+
+
+def _compress_chunk(values: np.ndarray) -> bytes:
+    return _deflate_lib.compress(_shuffle(values), _DEFLATE_LEVEL)
+
+
+class _TagColumn:
+    """One 1-D dataset of tags, written whole chunks at a time (shuffle + deflate)."""
+
+    def __init__(self, ds: h5py.Dataset, pool: ThreadPoolExecutor | None):
+        self.ds = ds
+        self.chunk = ds.chunks[0]
+        self.pool = pool
+        self.tail = np.zeros(self.chunk, ds.dtype)  # the chunk being filled
+        self.n_tail = 0
+        self.n_full = 0  # elements in chunks already written whole
+        self.stored_bytes = 0
+
+    def __len__(self):
+        return self.n_full + self.n_tail
+
+    def append(self, values: np.ndarray) -> None:
+        values = np.ascontiguousarray(values, self.ds.dtype)  # chunks are shuffled as bytes
+        i = 0
+        if self.n_tail:
+            take = min(self.chunk - self.n_tail, len(values))
+            self.tail[self.n_tail:self.n_tail + take] = values[:take]
+            self.n_tail += take
+            i = take
+            if self.n_tail < self.chunk:
+                return
+            self._write_chunks([self.tail.copy()])
+            self.n_tail = 0
+        n_whole = (len(values) - i) // self.chunk
+        if n_whole:
+            self._write_chunks([values[i + k * self.chunk:i + (k + 1) * self.chunk] for k in range(n_whole)])
+            i += n_whole * self.chunk
+        rest = len(values) - i
+        self.tail[:rest] = values[i:]
+        self.n_tail = rest
+
+    def _write_chunks(self, chunks: list[np.ndarray]) -> None:
+        if self.pool is not None and len(chunks) > 1:
+            blobs = list(self.pool.map(_compress_chunk, chunks))
+        else:
+            blobs = [_compress_chunk(c) for c in chunks]
+        start = self.n_full
+        self.ds.resize((start + len(chunks) * self.chunk,))
+        for k, blob in enumerate(blobs):
+            self.ds.id.write_direct_chunk((start + k * self.chunk,), blob, filter_mask=0)
+            self.stored_bytes += len(blob)
+        self.n_full += len(chunks) * self.chunk
+
+    def flush(self) -> None:
+        """Write the partly filled chunk (zero padded; rewritten when it grows) and set the length."""
+        if self.n_tail:
+            self.tail[self.n_tail:] = 0
+            self.ds.resize((self.n_full + self.chunk,))
+            self.ds.id.write_direct_chunk((self.n_full,), _compress_chunk(self.tail), filter_mask=0)
+        self.ds.resize((len(self),))
+
+
+class _Table:
+    """A growable 1-D dataset written through HDF5's filter pipeline (low-rate tables)."""
+
+    def __init__(self, group: h5py.Group, name: str, dtype, compression: str | None):
+        kwargs = {}
+        if compression == "gzip":
+            kwargs = dict(compression="gzip", compression_opts=4, shuffle=True)
+        elif compression == "lzf":
+            kwargs = dict(compression="lzf", shuffle=True)
+        self.ds = group.create_dataset(
+            name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(TABLE_CHUNK,), **kwargs
+        )
+        self.n = 0
+
+    def __len__(self):
+        return self.n
+
+    def append(self, rows: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        self.ds.resize((self.n + len(rows),))
+        self.ds[self.n:] = rows
+        self.n += len(rows)
+
+    def flush(self) -> None:
+        pass
+
+
+class _TagTable(_Table):
+    """Tags through HDF5's own filter pipeline, for lzf or no compression."""
+
+    def __init__(self, group, name, dtype, compression):
+        super().__init__(group, name, dtype, compression)
+        self.ds.resize((0,))
+
+
+def _text_dataset(group: h5py.Group, name: str, text: str) -> None:
+    group.create_dataset(name, data=text, dtype=h5py.string_dtype("utf-8"))
+
+
+class _RecordingFile:
+    """One file of a recording: creates the layout, then switches to SWMR mode."""
+
+    def __init__(self, path: Path, rec: "Recorder", sequence: int):
+        self.path = path
+        self.opened = time.monotonic()
+        self.first_ps: int | None = None
+        self.last_ps: int | None = None
+        self.duration_override: float | None = None
+        f = self.file = h5py.File(path, "w", libver=LIBVER)
+        comp = rec.compression
+        f.create_dataset("description", data=rec.description or "qnode recording")
+        self.duration = f.create_dataset("acquisition_duration", data=0.0)
 
         pd = f.create_group("photon_data")
-        self._timestamps = _growable(pd, "timestamps", np.int64, comp)
-        self._detectors = _growable(pd, "detectors", np.uint8, comp)
+        tag_kwargs = dict(shape=(0,), maxshape=(None,), chunks=(TAG_CHUNK,))
+        if comp == "gzip":
+            # The filters the chunks are compressed with (by us): shuffle, then deflate.
+            tag_kwargs.update(compression="gzip", compression_opts=_DEFLATE_LEVEL, shuffle=True)
+            ts = pd.create_dataset("timestamps", dtype="<i8", **tag_kwargs)
+            det = pd.create_dataset("detectors", dtype="u1", **tag_kwargs)
+            self.timestamps = _TagColumn(ts, rec._pool)
+            self.detectors = _TagColumn(det, rec._pool)
+        else:
+            self.timestamps = _TagTable(pd, "timestamps", "<i8", comp)
+            self.detectors = _TagTable(pd, "detectors", "u1", comp)
         specs = pd.create_group("timestamps_specs")
         specs.create_dataset("timestamps_unit", data=1e-12)
 
         setup = f.create_group("setup")
         for key, value in dict(
-            num_pixels=len(channel_names), num_spots=1, num_spectral_ch=1,
+            num_pixels=len(rec.channel_names), num_spots=1, num_spectral_ch=1,
             num_polarization_ch=1, num_split_ch=1, modulated_excitation=False,
             excitation_alternated=[False], lifetime=False,
         ).items():
             setup.create_dataset(key, data=value)
-        setup.create_dataset("detectors_names", data=[f"{ch}:{name}" for ch, name in sorted(channel_names.items())])
-
-        now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+        setup.create_dataset(
+            "detectors_names", data=[f"{ch}:{name}" for ch, name in sorted(rec.channel_names.items())]
+        )
         identity = f.create_group("identity")
-        identity.create_dataset("creation_time", data=now)
+        identity.create_dataset("creation_time", data=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
         identity.create_dataset("software", data="qnode")
         identity.create_dataset("software_version", data=package_version("qnode"))
         identity.create_dataset("format_name", data="Photon-HDF5")
         identity.create_dataset("format_version", data="0.5")
+        identity.create_dataset("filename", data=path.name)
         prov = f.create_group("provenance")
         prov.create_dataset("hostname", data=platform.node())
         prov.create_dataset("user", data=getpass.getuser())
 
         q = f.create_group("qnode")
-        self._events = _growable(q, "events", EVENT_DTYPE, comp)
-        self._loss = _growable(q, "loss", LOSS_DTYPE, comp)
-        q.create_dataset("config", data=config_text)
-        self.tags = 0
-        self.lost_events = 0
-        self.first_ps: int | None = None
-        self.last_ps: int | None = None
+        self.sync = _Table(q, "sync", SYNC_DTYPE, comp)
+        self.heralds = _Table(q, "heralds", HERALD_DTYPE, comp)
+        self.coincidences = _Table(q, "coincidences", COINCIDENCE_DTYPE, comp)
+        self.loss = _Table(q, "loss", LOSS_DTYPE, comp)
+        self.readings = _Table(q, "instrument_readings", READING_DTYPE, comp)
+        loops = q.create_group("loops")
+        self.loops = {name: _Table(loops, name, dtype, comp) for name, dtype in rec._loop_dtypes.items()}
+        _text_dataset(q, "config", rec.config_text)
+        if rec.manifest is not None:
+            _text_dataset(q, "gateware_manifest", json.dumps(rec.manifest, indent=2, sort_keys=True))
+        r = q.create_group("recording")
+        r.create_dataset("sequence", data=sequence)
+        r.create_dataset("first_file", data=rec.first_path.name)
+        r.create_dataset("previous_file", data=sequence_path(rec.first_path, sequence - 1).name if sequence else "")
+        r.create_dataset("deflate_engine", data=DEFLATE_ENGINE)
+        self.tables = [self.sync, self.heralds, self.coincidences, self.loss, self.readings, *self.loops.values()]
+        f.flush()
+        if rec.swmr:
+            f.swmr_mode = True
 
-    def append(self, events: np.ndarray) -> None:
-        """Write one batch of decoded events (EVENT_DTYPE)."""
-        is_tag = events["kind"] == Kind.TAG
-        tags = events[is_tag]
-        _append(self._timestamps, tags["time_ps"])
-        _append(self._detectors, tags["channel"])
-        others = events[~is_tag]
-        _append(self._events, others)
-        loss = others[others["kind"] == Kind.LOSS]
-        if len(loss):
-            rec = np.empty(len(loss), LOSS_DTYPE)
-            rec["time_ps"] = loss["time_ps"]
-            rec["channel"] = loss["channel"]
-            rec["reason"] = loss["aux"] >> LOSS_COUNT_BITS
-            rec["count"] = loss["aux"] & LOSS_COUNT_MAX
-            _append(self._loss, rec)
-            self.lost_events += int(rec["count"].sum())
-        self.tags += len(tags)
-        if len(events):
-            if self.first_ps is None:
-                self.first_ps = int(events["time_ps"][0])
-            self.last_ps = int(events["time_ps"][-1])
-
-    def record_duration(self, seconds: float) -> None:
-        self.file["acquisition_duration"][()] = seconds
+    @property
+    def size(self) -> int:
+        return self.file.id.get_filesize() if self.file.id.valid else self.path.stat().st_size
 
     def flush(self) -> None:
+        self.timestamps.flush()
+        self.detectors.flush()
+        for table in self.tables:
+            table.flush()
+        if self.duration_override is not None:
+            self.duration[()] = self.duration_override
+        elif self.first_ps is not None:
+            self.duration[()] = (self.last_ps - self.first_ps) * 1e-12
         self.file.flush()
 
     def close(self) -> None:
         if self.file.id.valid:
-            self.file.flush()
+            self.flush()
             self.file.close()
+
+    def abandon(self) -> None:
+        """After a failed write: close without asking HDF5 to write more than it must."""
+        try:
+            if self.file.id.valid:
+                self.file.close()
+        except Exception:  # the disk is full: HDF5 may fail to write its last metadata
+            pass
+
+
+class Recorder:
+    """Writes decoded event batches, instrument readings and loop traces to HDF5 files.
+
+    Synchronous: every call writes through (the tags' partly filled chunk is kept until the
+    next flush). A flush happens when ``flush_s`` has passed since the last one at the end of
+    any call, and at ``flush()``/``close()``; ``RecorderThread`` also flushes on a timer.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        channel_names: Mapping[int, str],
+        config_text: str = "",
+        description: str = "",
+        compression: str = "gzip",
+        manifest: Mapping | None = None,
+        loops: Mapping[str, Sequence[str]] | None = None,
+        flush_s: float = 1.0,
+        rotate_mb: float | None = None,
+        rotate_s: float | None = None,
+        swmr: bool = True,
+        workers: int = 2,
+    ):
+        if compression not in ("gzip", "lzf", "none"):
+            raise ValueError(f"compression must be gzip, lzf or none, not {compression!r}")
+        self.first_path = Path(path)
+        self.first_path.parent.mkdir(parents=True, exist_ok=True)
+        self.channel_names = dict(channel_names)
+        self.config_text = config_text
+        self.description = description
+        self.compression = None if compression == "none" else compression
+        self.manifest = dict(manifest) if manifest is not None else None
+        self.flush_s = flush_s
+        self.rotate_bytes = int(rotate_mb * 1e6) if rotate_mb else None
+        self.rotate_s = rotate_s
+        self.swmr = swmr
+        self._loop_dtypes: dict[str, np.dtype] = {}
+        for name, columns in (loops or {}).items():
+            self._declare_loop(name, columns)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="qnode-deflate") if workers > 1 else None
+        self.started = time.monotonic()
+        self.files: list[Path] = []
+        self.closed_bytes = 0  # bytes in files already closed
+        self.tags = 0
+        self.events = 0
+        self.lost_events = 0
+        self.dropped_batches = 0
+        self.dropped_records = 0
+        self.error: RecordingError | None = None
+        self._file: _RecordingFile | None = None
+        self._last_flush = time.monotonic()
+        self._guarded(self._open_next)
+
+    # --- the layout ------------------------------------------------------------------------
+
+    def _declare_loop(self, name: str, columns: Iterable[str]) -> bool:
+        if not name.isidentifier():
+            raise ValueError(f"loop name {name!r}: use letters, digits and underscores")
+        dtype = np.dtype([("time_s", "<f8")] + [(c, "<f8") for c in columns])
+        if self._loop_dtypes.get(name) == dtype:
+            return False
+        self._loop_dtypes[name] = dtype
+        return True
+
+    def _open_next(self) -> None:
+        seq = len(self.files)
+        if self._file is not None:
+            self._file.close()
+            self.closed_bytes += self._file.path.stat().st_size
+        path = sequence_path(self.first_path, seq)
+        self.files.append(path)
+        self._file = None
+        self._file = _RecordingFile(path, self, seq)
+        self._last_flush = time.monotonic()
+
+    def _layout_changed(self) -> None:
+        """A loop or a manifest that the open file has no place for: continue in the next file
+        (an HDF5 file in SWMR mode cannot get new datasets)."""
+        self._guarded(self._open_next)
+
+    # --- writing ---------------------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.files[-1]
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self._file is None:
+            raise RecordingError(f"recording {self.first_path} is closed", path=self.path, bytes_written=self.bytes)
+
+    def _guarded(self, fn, *args):
+        """Run a write; an OSError (disk full, I/O error) stops the recording with RecordingError."""
+        try:
+            return fn(*args)
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        f = self._file
+        path = f.path if f is not None else self.path
+        if f is not None:
+            f.abandon()
+        self._file = None
+        written = self.closed_bytes + (path.stat().st_size if path.exists() else 0)
+        full = isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space" in str(exc))
+        what = "the disk is full" if full else f"a write failed ({exc})"
+        self.error = RecordingError(
+            f"recording stopped: {what} while writing {path} ({written:,} bytes written in "
+            f"{len(self.files)} file(s), {self.tags:,} tags); the file holds what was flushed "
+            f"up to {time.monotonic() - self._last_flush:.1f} s before the failure",
+            path=path, bytes_written=written,
+        )
+        raise self.error from exc
+
+    def append(self, events: np.ndarray) -> None:
+        """Write one batch of decoded events (EVENT_DTYPE)."""
+        self._check()
+        self._guarded(self._append, events)
+        self._after_write()
+
+    def _append(self, events: np.ndarray) -> None:
+        if len(events) == 0:
+            return
+        f = self._file
+        kind = events["kind"]
+        is_tag = kind == Kind.TAG
+        n_tags = int(np.count_nonzero(is_tag))
+        if n_tags == len(events):
+            tags = events
+        else:
+            tags = events[is_tag]
+            self._append_others(events[~is_tag])
+        if n_tags:
+            f.timestamps.append(tags["time_ps"])
+            f.detectors.append(tags["channel"])
+            self.tags += n_tags
+        if f.first_ps is None:
+            f.first_ps = int(events["time_ps"][0])
+        f.last_ps = int(events["time_ps"][-1])
+
+    def _append_others(self, others: np.ndarray) -> None:
+        f = self._file
+        kind = others["kind"]
+        handled = np.zeros(len(others), bool)
+        for k in (Kind.SYNC, Kind.HERALD, Kind.COINCIDENCE, Kind.LOSS):
+            sel = kind == k
+            if not sel.any():
+                continue
+            handled |= sel
+            ev = others[sel]
+            if k == Kind.SYNC:
+                rows = np.empty(len(ev), SYNC_DTYPE)
+                rows["channel"], rows["attempt"] = ev["channel"], ev["aux"]
+                table = f.sync
+            elif k == Kind.HERALD:
+                rows = np.empty(len(ev), HERALD_DTYPE)
+                rows["channel"] = ev["channel"]
+                rows["outcome"] = ev["aux"] >> HERALD_ATTEMPT_BITS
+                rows["attempt"] = ev["aux"] & ((1 << HERALD_ATTEMPT_BITS) - 1)
+                table = f.heralds
+            elif k == Kind.COINCIDENCE:
+                rows = np.empty(len(ev), COINCIDENCE_DTYPE)
+                rows["pattern"], rows["mask"] = ev["channel"], ev["aux"]
+                table = f.coincidences
+            else:
+                rows = np.empty(len(ev), LOSS_DTYPE)
+                rows["channel"] = ev["channel"]
+                rows["reason"] = ev["aux"] >> LOSS_COUNT_BITS
+                rows["count"] = ev["aux"] & LOSS_COUNT_MAX
+                rows["origin"] = LOSS_ORIGIN_STREAM
+                self.lost_events += int(rows["count"].sum())
+                table = f.loss
+            rows["time_ps"] = ev["time_ps"]
+            table.append(rows)
+            self.events += len(rows)
+        if not handled.all():  # a kind with no table: say so in the loss table, never drop silently
+            self._write_loss(_loss_rows(others[~handled], UNKNOWN_KIND_REASON))
+
+    def _write_loss(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self._file.loss.append(rows)
+            self.events += len(rows)
+            self.lost_events += int(rows["count"].sum())
+
+    def record_loss(self, rows: np.ndarray) -> None:
+        """Write loss records (LOSS_DTYPE) the recorder's owner made (RecorderThread's drops)."""
+        self._check()
+        self._guarded(self._write_loss, rows)
+        self._after_write()
+
+    def append_instrument_readings(self, time_s, instrument, quantity, value, unit) -> None:
+        """Instrument readings; each argument a scalar or an array (broadcast together).
+
+        ``time_s`` is unix time in seconds (the daemon's clock when the reading was taken).
+        Names longer than the table's fields (32, 32 and 16 bytes) are refused, not cut.
+        """
+        self._check()
+        cols = np.broadcast_arrays(
+            np.asarray(time_s, float), np.asarray(instrument, "U"), np.asarray(quantity, "U"),
+            np.asarray(value, float), np.asarray(unit, "U"),
+        )
+        n = cols[0].size
+        rows = np.empty(n, READING_DTYPE)
+        for name, col in zip(READING_DTYPE.names, cols):
+            flat = col.ravel()
+            if flat.dtype.kind == "U":
+                width = READING_DTYPE[name].itemsize
+                enc = np.char.encode(flat, "utf-8")
+                if enc.dtype.itemsize > width:
+                    raise ValueError(f"instrument reading: {name} longer than {width} bytes: {flat.tolist()}")
+                flat = enc
+            rows[name] = flat
+        self._guarded(self._file.readings.append, rows)
+        self._after_write()
+
+    def append_loop_trace(self, name: str, time_s, **columns) -> None:
+        """Samples of one loop: ``time_s`` and named float columns (scalars or equal-length arrays).
+
+        The first call for a loop the open file has no table for continues the recording in
+        the next file (SWMR files cannot get new datasets); declare loops up front with
+        ``loops={name: [columns]}`` to avoid that.
+        """
+        self._check()
+        if self._declare_loop(name, columns):
+            self._layout_changed()
+        dtype = self._loop_dtypes[name]
+        t = np.atleast_1d(np.asarray(time_s, float))
+        rows = np.empty(len(t), dtype)
+        rows["time_s"] = t
+        for c in dtype.names[1:]:
+            rows[c] = columns[c]
+        self._guarded(self._file.loops[name].append, rows)
+        self._after_write()
+
+    def set_manifest(self, manifest: Mapping) -> None:
+        """The gateware manifest (any JSON-able dict), stored as JSON text in every file from now
+        on; an open file that has data already is closed and the recording goes on in the next."""
+        self._check()
+        self.manifest = dict(manifest)
+        f = self._file
+        empty = len(f.timestamps) == 0 and not any(len(t) for t in f.tables)
+        if empty:  # nothing written yet: start this file again with the manifest in it
+            self._guarded(self._restart_empty_file)
+        else:
+            self._layout_changed()
+
+    def _restart_empty_file(self) -> None:
+        f = self._file
+        f.file.close()
+        self._file = _RecordingFile(f.path, self, len(self.files) - 1)
+
+    def record_duration(self, seconds: float) -> None:
+        """Set /acquisition_duration of the open file (else: the span of its events' times)."""
+        self._check()
+        self._file.duration_override = seconds
+
+    def _after_write(self) -> None:
+        now = time.monotonic()
+        if now - self._last_flush >= self.flush_s:
+            self.flush()
+        f = self._file
+        if (self.rotate_bytes and f.size >= self.rotate_bytes) or (
+            self.rotate_s and now - f.opened >= self.rotate_s
+        ):
+            self._guarded(self._open_next)
+
+    def flush(self) -> None:
+        """Make everything written so far durable and visible to SWMR readers."""
+        self._check()
+        self._guarded(self._file.flush)
+        self._last_flush = time.monotonic()
+
+    def maybe_flush(self) -> None:
+        """Flush if ``flush_s`` has passed; rotate if the file is due (for timers)."""
+        if self._file is not None and self.error is None:
+            self._after_write()
+
+    def close(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            try:
+                f.close()
+            except OSError as exc:
+                self._file = f
+                self._fail(exc)
+            self.closed_bytes += f.path.stat().st_size
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    @property
+    def bytes(self) -> int:
+        open_bytes = self._file.size if self._file is not None else 0
+        return self.closed_bytes + open_bytes
+
+    def status(self) -> RecorderStatus:
+        return RecorderStatus(
+            path=str(self.path), files=[str(p) for p in self.files], bytes=self.bytes,
+            duration_s=time.monotonic() - self.started, tags=self.tags, events=self.events,
+            lost_events=self.lost_events, dropped_batches=self.dropped_batches,
+            dropped_records=self.dropped_records, error=str(self.error) if self.error else None,
+        )
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _loss_rows(events: np.ndarray, reason: int) -> np.ndarray:
+    """Loss records for events that were not stored: one per channel, count = events on it,
+    time = the first of them. LOSS events among them keep their own counts (they are losses
+    already), so the loss table never loses a loss."""
+    is_loss = events["kind"] == Kind.LOSS
+    carried = events[is_loss]
+    rest = events[~is_loss]
+    rows = []
+    if len(rest):
+        ch = rest["channel"]
+        channels, first = np.unique(ch, return_index=True)
+        counts = np.bincount(ch, minlength=int(channels.max()) + 1)[channels]
+        r = np.empty(len(channels), LOSS_DTYPE)
+        r["time_ps"] = rest["time_ps"][first]
+        r["channel"] = channels
+        r["reason"] = reason
+        r["count"] = counts
+        r["origin"] = LOSS_ORIGIN_RECORDER
+        rows.append(r)
+    if len(carried):
+        r = np.empty(len(carried), LOSS_DTYPE)
+        r["time_ps"] = carried["time_ps"]
+        r["channel"] = carried["channel"]
+        r["reason"] = carried["aux"] >> LOSS_COUNT_BITS
+        r["count"] = carried["aux"] & LOSS_COUNT_MAX
+        r["origin"] = LOSS_ORIGIN_STREAM
+        rows.append(r)
+    return np.concatenate(rows) if rows else np.empty(0, LOSS_DTYPE)
+
+
+class RecorderThread:
+    """A Recorder in its own thread behind a bounded queue: ``put`` never waits for the disk.
+
+    A batch that finds the queue full is dropped and becomes loss records (reason OUTPUT,
+    origin 1 = recorder, one per channel) in the file and in ``status()``. Instrument readings
+    and loop samples that find it full are counted in ``status().dropped_records``. The
+    thread flushes every ``flush_s`` whether or not data arrive. After a write fails (disk
+    full) ``put`` returns False, ``status().error`` says why, and ``close()`` raises the
+    RecordingError.
+    """
+
+    def __init__(self, path: str | Path, *, queue_batches: int = 64, **recorder_kwargs):
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_batches)
+        self._drops: collections.deque = collections.deque()  # loss-row arrays, thread-safe appends
+        self._lock = threading.Lock()
+        self._dropped_batches = 0
+        self._dropped_records = 0
+        self._dropped_events = 0
+        self.recorder = Recorder(path, **recorder_kwargs)
+        self._thread = threading.Thread(target=self._run, name="qnode-recorder", daemon=True)
+        self._stop = False
+        self._thread.start()
+
+    def put(self, events: np.ndarray) -> bool:
+        """Queue a batch. False if it was dropped (and counted as loss records) or recording stopped."""
+        if self.recorder.error is None and not self._stop:
+            try:
+                self._queue.put_nowait(("events", events))
+                return True
+            except queue.Full:
+                pass
+        rows = _loss_rows(events, RECORDER_QUEUE_REASON)
+        with self._lock:
+            self._dropped_batches += 1
+            self._dropped_events += int(rows["count"][rows["origin"] == LOSS_ORIGIN_RECORDER].sum())
+        self._drops.append(rows)
+        return False
+
+    append = put
+
+    def _put_record(self, item) -> bool:
+        if self.recorder.error is None and not self._stop:
+            try:
+                self._queue.put_nowait(item)
+                return True
+            except queue.Full:
+                pass
+        with self._lock:
+            self._dropped_records += 1
+        return False
+
+    def append_instrument_readings(self, *args) -> bool:
+        return self._put_record(("readings", args))
+
+    def append_loop_trace(self, name: str, time_s, **columns) -> bool:
+        return self._put_record(("loop", (name, time_s), columns))
+
+    def set_manifest(self, manifest: Mapping) -> None:
+        if self.recorder.error is not None:
+            raise self.recorder.error
+        self._queue.put(("manifest", dict(manifest)), timeout=10)  # rare: waits for room, never lost
+
+    def _run(self) -> None:
+        rec = self.recorder
+        while True:
+            timeout = max(0.0, rec.flush_s - (time.monotonic() - rec._last_flush))
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                while self._drops:
+                    rec.record_loss(self._drops.popleft())
+                if item is None:
+                    if self._stop:
+                        return
+                    rec.maybe_flush()
+                    continue
+                kind = item[0]
+                if kind == "events":
+                    rec.append(item[1])
+                elif kind == "readings":
+                    rec.append_instrument_readings(*item[1])
+                elif kind == "loop":
+                    rec.append_loop_trace(*item[1], **item[2])
+                elif kind == "manifest":
+                    rec.set_manifest(item[1])
+                elif kind == "stop":
+                    return
+            except RecordingError:
+                self._drain_after_error()
+                return
+            except Exception as exc:  # bad input must not kill the thread silently
+                with self._lock:
+                    self._dropped_records += 1
+                self._last_exception = exc
+
+    def _drain_after_error(self) -> None:
+        """Count what was queued when the recording stopped; nothing vanishes uncounted."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item[0] == "events":
+                with self._lock:
+                    self._dropped_batches += 1
+                    self._dropped_events += len(item[1])
+            elif item[0] != "stop":
+                with self._lock:
+                    self._dropped_records += 1
+
+    def status(self) -> RecorderStatus:
+        rec = self.recorder
+        st = rec.status()
+        with self._lock:
+            st.dropped_batches += self._dropped_batches
+            st.dropped_records += self._dropped_records
+            pending = sum(int(r["count"].sum()) for r in list(self._drops))
+        st.lost_events += pending  # drops not yet written are losses all the same
+        st.queue_batches = self._queue.qsize()
+        return st
+
+    def close(self) -> RecorderStatus:
+        """Write what is queued, flush, close; raises RecordingError if the recording stopped."""
+        self._stop = True
+        if self._thread.is_alive():
+            self._queue.put(("stop",))
+            self._thread.join()
+        rec = self.recorder
+        if rec.error is None:
+            try:
+                while self._drops:
+                    rec.record_loss(self._drops.popleft())
+                rec.close()
+            except RecordingError:
+                pass
+        st = self.status()
+        if rec.error is not None:
+            raise rec.error
+        return st
 
     def __enter__(self):
         return self
