@@ -14,8 +14,23 @@ def rack(lab):
         yield rack
 
 
-def test_cryostat_settles_to_a_new_setpoint(rack, lab):
-    cryostat = open_instrument("cryostat", rack.config_entry("cryostat"))
+@pytest.fixture
+def connect(rack):
+    """connect(name) -> the real driver for the rack's simulator ``name``, opened; closed after the test."""
+    drivers = []
+
+    def open_named(name):
+        driver = open_instrument(name, rack.config_entry(name))
+        drivers.append(driver)
+        return driver
+
+    yield open_named
+    for driver in drivers:
+        driver.close()
+
+
+def test_cryostat_settles_to_a_new_setpoint(connect, lab):
+    cryostat = connect("cryostat")
     assert cryostat.temperature_k("A") == pytest.approx(2.5, abs=1e-3)
     cryostat.set_setpoint_k(3.2)
     assert cryostat.setpoint_k() == pytest.approx(3.2)
@@ -26,16 +41,16 @@ def test_cryostat_settles_to_a_new_setpoint(rack, lab):
     assert 0 < cryostat.heater_output_percent() < 100
 
 
-def test_heater_off_lets_the_stage_fall_to_base(rack, lab):
-    cryostat = open_instrument("cryostat", rack.config_entry("cryostat"))
+def test_heater_off_lets_the_stage_fall_to_base(connect, lab):
+    cryostat = connect("cryostat")
     cryostat.heater_off()
     lab.clock.advance(300.0)
     assert cryostat.temperature_k("A") == pytest.approx(lab.cryostat.base_temperature_k, abs=1e-3)
     assert cryostat.heater_output_percent() == 0.0
 
 
-def test_warm_cryostat_costs_efficiency_and_adds_dark_counts(rack, lab):
-    cryostat = open_instrument("cryostat", rack.config_entry("cryostat"))
+def test_warm_cryostat_costs_efficiency_and_adds_dark_counts(connect, lab):
+    cryostat = connect("cryostat")
     cold = lab.detector_state(3)
     cryostat.set_heater_range(2)  # medium: can reach 4+ K
     cryostat.set_setpoint_k(4.5)
@@ -44,8 +59,8 @@ def test_warm_cryostat_costs_efficiency_and_adds_dark_counts(rack, lab):
     assert warm[0] < 0.5 * cold[0] and warm[1] > 10 * cold[1]
 
 
-def test_bias_past_switching_current_latches_until_reset(rack, lab):
-    snspd = open_instrument("snspd", rack.config_entry("snspd"))
+def test_bias_past_switching_current_latches_until_reset(connect, lab):
+    snspd = connect("snspd")
     assert lab.detector_state(1) == pytest.approx((0.85, 100.0))
     snspd.set_bias_current_ua(1, 12.5)  # past the 12 uA switching current
     assert lab.latched(1)
@@ -66,8 +81,8 @@ def test_bias_past_switching_current_latches_until_reset(rack, lab):
     assert counts[0] > 0
 
 
-def test_counts_follow_the_bias(rack, lab):
-    snspd = open_instrument("snspd", rack.config_entry("snspd"))
+def test_counts_follow_the_bias(connect, lab):
+    snspd = connect("snspd")
     snspd.set_bias_currents_ua([10.0, 10.0, 10.0, 6.0])
     lab.clock.advance(1.0)
     _, counts = snspd.latest_counts()
@@ -75,11 +90,11 @@ def test_counts_follow_the_bias(rack, lab):
     assert counts[3] < 0.5 * counts[2]
 
 
-def test_lab_pushes_detector_state_into_the_photon_source(rack, lab):
+def test_lab_pushes_detector_state_into_the_photon_source(connect, lab):
     from qnode.sim.source import PhotonSource
 
     source = PhotonSource(lab.config, phase_rad=lab.phase_rad)
-    snspd = open_instrument("snspd", rack.config_entry("snspd"))
+    snspd = connect("snspd")
     snspd.set_bias_current_ua(2, 13.0)
     states = lab.apply_to(source)
     assert states[2] == (0.0, 0.0)
@@ -87,14 +102,14 @@ def test_lab_pushes_detector_state_into_the_photon_source(rack, lab):
     assert source.detectors[1].efficiency == pytest.approx(0.85)
 
 
-def test_piezo_voltage_moves_the_true_phase(rack, lab):
+def test_piezo_voltage_moves_the_true_phase(connect, lab):
     """Half a fringe (2.0 V of 4.0 V per 2 pi) shifts the true phase by pi once the stretcher settles."""
     import numpy as np
 
     from qnode.sim.interferometer import Interferometer
 
     untouched = Interferometer(seed=lab.interferometer.seed)  # the same drift, stretcher left at 0 V
-    stretcher = open_instrument("stretcher", rack.config_entry("stretcher"))
+    stretcher = connect("stretcher")
     lab.clock.advance(1.0)
     t_ps = np.array([int(lab.now_s() * 1e12)])
     stretcher.set_voltage_v(2.0)
@@ -104,7 +119,7 @@ def test_piezo_voltage_moves_the_true_phase(rack, lab):
     assert (lab.phase_rad(settled_ps) - untouched.phase_rad(settled_ps))[0] == pytest.approx(np.pi, abs=1e-6)
 
 
-def test_awg_offset_drives_the_same_piezo(rack, lab, served_awg):
+def test_awg_offset_drives_the_same_piezo(lab, served_awg):
     import numpy as np
 
     awg = served_awg

@@ -112,6 +112,7 @@ def test_santec_converts_when_the_display_is_in_thz_and_mw(lab):
         assert lab.laser.wavelength_nm == pytest.approx(1547.72, abs=1e-4)
         assert laser.power_dbm() == pytest.approx(3.0, abs=1e-3)
         assert instrument.wavelength_unit == 1 and instrument.power_unit == 1  # the driver changed neither
+        laser.close()
 
 
 def test_santec_refuses_out_of_range_power_before_sending(tcp):
@@ -146,6 +147,7 @@ def test_eos_sets_one_bias_and_keeps_the_others(lab):
                 snspd.set_bias_current_ua(5, 9.0)
             with pytest.raises(ValueOutOfRange):
                 snspd.set_measurement_period_ms(1)
+            snspd.close()
         finally:
             counts.stop()
 
@@ -160,6 +162,7 @@ def test_eos_counts_port_down_leaves_control_working(lab):
                 snspd.next_counts()
             assert not snspd.suspect
             assert snspd.bias_currents_ua() == [10.0] * 4
+            snspd.close()
 
 
 # --- Yokogawa ---
@@ -213,6 +216,7 @@ def test_mdt694b_works_with_echo_off(mdt):
     stretcher = ThorlabsMDT694B("stretcher", SerialTransport(server.device_path)).open()
     stretcher.set_voltage_v(5.0)
     assert stretcher.voltage_v() == pytest.approx(5.0)
+    stretcher.close()
 
 
 def test_mdt694b_respects_the_front_panel_limit_switch(lab):
@@ -223,6 +227,7 @@ def test_mdt694b_respects_the_front_panel_limit_switch(lab):
         with pytest.raises(ValueOutOfRange, match="75"):
             stretcher.set_voltage_v(100.0)
         assert server.messages_seen == seen
+        stretcher.close()
 
 
 def test_pm100_reads_the_laser_tap(tcp, lab):
