@@ -44,6 +44,9 @@ class Instrument:
         self.reconnects = 0  # successful reconnects since open()
         self.failed_reconnects = 0  # consecutive failures of the current outage
         self.next_reconnect_at: float = 0.0
+        # Called with the driver after each successful reconnect: the instrument may have
+        # rebooted, and whoever owns its settings (a loop, the daemon) may want to re-apply them.
+        self.on_reconnect: list[Callable[["Instrument"], None]] = []
         # One exchange at a time: a loop thread and an API thread may share a driver.
         self._lock = threading.RLock()
 
@@ -164,6 +167,8 @@ class Instrument:
         self.reconnects += 1
         self.failed_reconnects = 0
         self.last_error = None
+        for callback in list(self.on_reconnect):
+            callback(self)
 
 
 class ScpiInstrument(Instrument):

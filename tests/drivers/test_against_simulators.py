@@ -50,6 +50,8 @@ def test_garbage_reply_raises_and_the_next_call_works(served, spec):
 def test_instrument_reset_mid_session(served, spec):
     """The instrument reboots: the driver recovers and reads the power-on state, not a stale one."""
     driver = served.driver(timeout_s=FAULT_TIMEOUT_S).open()
+    reconnected = []
+    driver.on_reconnect.append(reconnected.append)
     spec.change(driver)
     assert spec.power_on_read(driver) != spec.power_on_value
     served.server.power_cycle()
@@ -58,7 +60,7 @@ def test_instrument_reset_mid_session(served, spec):
     except InstrumentConnectionError:  # TCP: the link dropped with the reboot
         assert driver.suspect
         value = spec.power_on_read(driver)
-        assert driver.reconnects == 1
+        assert driver.reconnects == 1 and reconnected == [driver]  # the owner hears of it
     assert value == pytest.approx(spec.power_on_value)
     driver.close()
 
