@@ -37,7 +37,12 @@ def make_instrument(name: str, instrument, resource: str | None = None) -> Instr
         raise ValueError(f"instruments.{name}.driver: unknown driver {instrument.driver!r}; "
                          f"known: {sorted(DRIVERS)}") from None
     options = dict(instrument.options)
-    transport = make_transport(instrument.transport, resource or instrument.resource, options)
+    resource = resource or instrument.resource
+    if resource == "sim-pty":
+        raise ValueError(f"instruments.{name}.resource: 'sim-pty' is a pty that `qnode sim lab` (or an "
+                         "InstrumentRack) makes at start; pass its path, or give a fixed path such as "
+                         "'/tmp/qnode-stretcher' that the simulated lab links to its pty")
+    transport = make_transport(instrument.transport, resource, options)
     kwargs = {key: float(options.pop(key)) for key in _BACKOFF_OPTIONS if key in options}
     return driver_class(name, transport, timeout_s=instrument.timeout_s, options=options, **kwargs)
 

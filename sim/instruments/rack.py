@@ -2,11 +2,13 @@
 
 ``InstrumentRack(config, lab).start()`` serves every ``[instruments.NAME]`` with
 ``sim = true``: TCP ones at their configured host:port (or ports the OS picks, for tests),
-serial ones on a fresh pty whose path replaces ``resource = "sim-pty"``.
+serial ones on a fresh pty whose path replaces ``resource = "sim-pty"`` (or, for any other
+``resource``, a symlink at that path to the pty, so a daemon in another process finds it).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from qnode.drivers.transport import parse_host_port
@@ -58,6 +60,7 @@ class InstrumentRack:
         self.lab = lab
         self.any_free_port = any_free_port
         self.slots: dict[str, RackSlot] = {}
+        self._links: list[str] = []
 
     def start(self) -> "InstrumentRack":
         try:
@@ -78,6 +81,15 @@ class InstrumentRack:
         instrument = simulator_class(self.lab)
         if entry.transport == "serial":
             server = PtyInstrumentServer(instrument).start()
+            if entry.resource != "sim-pty":
+                # A fixed path in the config: link it to the pty so another process finds it.
+                try:
+                    _link(entry.resource, server.device_path)
+                except OSError:
+                    server.stop()
+                    raise
+                self._links.append(entry.resource)
+                return RackSlot(name, entry.driver, "serial", entry.resource, instrument, server)
             return RackSlot(name, entry.driver, "serial", server.device_path, instrument, server)
         if entry.transport == "visa" and "::" not in entry.resource:
             raise ValueError(f"instruments.{name}: a simulated VISA instrument needs a TCPIP::host::port::SOCKET "
@@ -103,9 +115,26 @@ class InstrumentRack:
             if slot.counts is not None:
                 slot.counts.stop()
             slot.server.stop()
+        for path in self._links:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._links.clear()
 
     def __enter__(self):
         return self.start() if not self.slots else self
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _link(path: str, device_path: str) -> None:
+    """Point ``path`` at the pty; replace only a stale link of ours, never a real file or device."""
+    if os.path.islink(path):
+        if os.path.exists(path) and not os.readlink(path).startswith("/dev/pts/"):
+            raise FileExistsError(f"{path} already links to {os.readlink(path)}; not replacing it")
+        os.unlink(path)
+    elif os.path.exists(path):
+        raise FileExistsError(f"{path} exists and is not a link to a simulated pty; not replacing it")
+    os.symlink(device_path, path)

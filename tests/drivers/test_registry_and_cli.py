@@ -82,3 +82,32 @@ def test_snapshot_reads_every_instrument_without_changing_it(lab):
     assert snapshots["stretcher"]["voltage_v"] == 0.0
     assert snapshots["laser"]["emission_on"] is False
     assert "power_w" in snapshots["powermeter"]
+
+
+def test_sim_pty_needs_the_rack_to_say_where_it_is():
+    with pytest.raises(ValueError, match="sim-pty"):
+        make_instrument("stretcher", Instrument(driver="mdt694b", transport="serial", resource="sim-pty"))
+
+
+def test_a_fixed_serial_path_is_linked_to_the_pty(tmp_path, lab):
+    config = load_config()
+    link = tmp_path / "qnode-stretcher"
+    config.instruments = {"stretcher": config.instruments["stretcher"].model_copy(update={"resource": str(link)})}
+    with InstrumentRack(config, lab) as rack:
+        assert link.is_symlink()
+        # a process that only has the config opens the instrument at the configured path
+        stretcher = open_instrument("stretcher", config.instruments["stretcher"])
+        stretcher.set_voltage_v(3.0)
+        assert lab.piezo_voltage_v == 3.0
+        stretcher.close()
+    assert not link.exists() and not link.is_symlink()
+
+
+def test_rack_will_not_replace_a_real_file(tmp_path, lab):
+    config = load_config()
+    precious = tmp_path / "precious"
+    precious.write_text("keep me")
+    config.instruments = {"stretcher": config.instruments["stretcher"].model_copy(update={"resource": str(precious)})}
+    with pytest.raises(FileExistsError):
+        InstrumentRack(config, lab).start()
+    assert precious.read_text() == "keep me"
