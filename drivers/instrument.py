@@ -4,7 +4,7 @@ A driver calls :meth:`Instrument._call` around each exchange with the instrument
 where failures become errors that say which instrument, which command and what came back,
 and where a timeout or a broken link marks the driver *suspect*: late replies are flushed,
 the link is closed, and the next call reconnects (and re-identifies the instrument) first.
-A reconnect that fails is not retried on every call: the next attempt waits 
+A reconnect that fails is not retried on every call: the next attempt waits
 ``backoff_initial_s`` doubled per failure up to ``backoff_max_s``; calls in between fail at
 once with :class:`InstrumentSuspect` instead of hammering a dead instrument.
 """
@@ -61,6 +61,8 @@ class Instrument:
     # --- life cycle -------------------------------------------------------------------
     def open(self):
         """Connect and identify. Reads only; never changes an output."""
+        self.suspect = False
+        self.failed_reconnects = 0
         try:
             self.transport.open(self.timeout_s)
         except (TransportTimeout, OSError) as exc:
@@ -154,8 +156,8 @@ class Instrument:
         try:
             self.transport.open(self.timeout_s)
             self._configure_protocol()
-            self.suspect = False  # _identify runs through _call
-            self._identify()
+            self._identify()  # straight through the protocol: failures land in the except below
+            self.suspect = False
         except Exception as exc:  # anything at all: the instrument is still not back
             self.transport.close()
             self.suspect = True
