@@ -111,3 +111,44 @@ def test_rack_will_not_replace_a_real_file(tmp_path, lab):
     with pytest.raises(FileExistsError):
         InstrumentRack(config, lab).start()
     assert precious.read_text() == "keep me"
+
+
+def test_sim_lab_process_serves_another_process_and_stops_on_ctrl_c():
+    """`qnode sim lab` in its own process; this test process drives its cryostat, then presses Ctrl-C."""
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from qnode.drivers.lakeshore import LakeShore336
+    from qnode.drivers.transport import TcpTransport
+
+    process = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "sim", "lab", "--any-port"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        output = ""
+        deadline = time.monotonic() + 30.0  # generous: the machine is shared; not a timing assertion
+        while "running" not in output and time.monotonic() < deadline:
+            ready, _, _ = select.select([process.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(process.stdout.fileno(), 65536)  # unbuffered: select sees what is left
+                if not chunk:
+                    break
+                output += chunk.decode("utf-8", "replace")
+        match = re.search(r"cryostat\s*│\s*lakeshore336\s*│\s*tcp\s*│\s*(127\.0\.0\.1:\d+)", output)
+        assert match, output
+        host, port = match.group(1).split(":")
+        cryostat = LakeShore336("cryostat", TcpTransport(host, int(port)), timeout_s=2.0).open()
+        assert cryostat.temperature_k("A") == pytest.approx(2.5, abs=0.01)
+        cryostat.close()
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=20)
+        rest = rest.decode("utf-8", "replace")
+        assert process.returncode == 0, output + rest
+        assert "stopped" in rest
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)
