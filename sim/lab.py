@@ -98,8 +98,9 @@ class LabModel:
     def apply_to(self, source) -> dict[int, tuple[float, float]]:
         """Push every SNSPD's present efficiency and dark rate into a PhotonSource."""
         states = {}
+        known = getattr(source, "detectors", None)  # a source without a channel has no detector there
         for channel in self.detectors:
-            if channel not in getattr(source, "detectors", {channel: None}):
+            if known is not None and channel not in known:
                 continue
             efficiency, dark_rate_hz = self.detector_state(channel)
             source.set_detector(channel, efficiency=efficiency, dark_rate_hz=dark_rate_hz)
