@@ -128,5 +128,59 @@ IDENTITY = [
     Register("scratch", 0x0007, 32, Access.RW, 0, "free for link tests: reads back what was written"),
 ]
 
-REGISTER_MAP = RegisterMap(IDENTITY)
-"""qnode's register map. Later blocks (timestamper, coincidence, herald, link) append here."""
+# Timestamper, channel FIFOs and packer (gateware/core.py builds its register file from these).
+# Per-channel arrays hold room for TIMESTAMPER_MAX_CHANNELS; a build with fewer channels reads
+# zero above its channel_count. Times are in bins (bin_ps each), so the host converts from the
+# lab config's ps with ``round(ps / bin_ps)``.
+TIMESTAMPER_MAX_CHANNELS = 16
+DELAY_BITS = 16  # 65535 bins = 65.5 us at 1 ns: reaches the 49 us sync delay of the scenario
+DEAD_TIME_BITS = 16
+
+_CH = dict(count=TIMESTAMPER_MAX_CHANNELS, stride=1)
+TIMESTAMPER = [
+    Register("ts_enable", 0x0100, 1, Access.RW, 1,
+             "1: the channel records edges; 0: its input is ignored (nothing is counted)", **_CH),
+    Register("ts_edge", 0x0110, 1, Access.RW, 0,
+             "which edge is an event: 0 rising, 1 falling", **_CH),
+    Register("ts_delay_bins", 0x0120, DELAY_BITS, Access.RW, 0,
+             "added to every timestamp of the channel (and so to its place in the merged order)",
+             unit="bins", **_CH),
+    Register("ts_dead_time_bins", 0x0130, DEAD_TIME_BITS, Access.RW, 0,
+             "edges closer than this after a recorded edge are ignored (not counted); below 2 the "
+             "input itself is the limit (two rising edges need a low sample between them)",
+             unit="bins", **_CH),
+    Register("ts_tag_count", 0x0140, 32, Access.RO, 0,
+             "edges recorded as tags by the timestamper (wraps)", unit="events", **_CH),
+    Register("ts_same_clock_lost", 0x0150, 32, Access.RO, 0,
+             "edges lost because an earlier edge was recorded in the same clock "
+             "(LOSS reason SAME_CLOCK; wraps)", unit="events", **_CH),
+    Register("ts_fifo_lost", 0x0160, 32, Access.RO, 0,
+             "edges lost because the channel FIFO was full (LOSS reason CHANNEL_FIFO; wraps)",
+             unit="events", **_CH),
+    Register("ts_output_lost", 0x0170, 32, Access.RO, 0,
+             "events of this channel dropped at the packer output: tags, and the counts of loss "
+             "records that could not be sent, all re-reported as LOSS reason OUTPUT (wraps)",
+             unit="events", **_CH),
+    Register("ts_counters_clear", 0x0180, 1, Access.WO, 0,
+             "write 1: zero every ts_*_count and ts_*_lost counter"),
+]
+
+REGISTER_MAP = RegisterMap(IDENTITY + TIMESTAMPER)
+"""qnode's register map. Later blocks (coincidence, herald, link) append here."""
+
+
+def registers_markdown() -> str:
+    """docs/registers.md, generated (``python -m qnode.firmware.registers > docs/registers.md``)."""
+    return (
+        "# Register map\n\n"
+        "Generated from `firmware/registers.py` (`REGISTER_MAP`); do not edit by hand. Regenerate with\n"
+        "`.venv/bin/python -m qnode.firmware.registers > docs/registers.md` (a test checks it).\n\n"
+        "Registers are 32 bits on the bus and addresses count registers. `name[0..n]` is a\n"
+        "per-channel array at consecutive addresses; entries above the build's `channel_count`\n"
+        "read 0. Read-write settings keep their values across a reset of the core.\n\n"
+        + REGISTER_MAP.to_markdown()
+    )
+
+
+if __name__ == "__main__":
+    print(registers_markdown(), end="")

@@ -1,0 +1,73 @@
+"""ChannelFifo: one channel's entries wait here for the merger; a full FIFO becomes a loss record.
+
+When an entry arrives and the FIFO is full, the entry is dropped and its edges (the tag and any
+same-clock losses it carried) are added to a pending count, remembering the time of the first
+dropped one. At the first clock the FIFO has room again the pending count is written as a LOSS
+record (reason CHANNEL_FIFO) in place of whatever arrives in that clock, which is itself dropped
+and starts the next pending count. So the record always gets its slot, and because at least
+``depth - 1`` older entries are still queued when it is written, the FIFO never runs empty before
+the record shows at its head: records stay in time order with the tags (the merger relies on it).
+"""
+
+from amaranth import Module, Mux, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from qnode.firmware.events import LOSS_COUNT_MAX
+
+from .params import TIME_BITS
+from .timestamper import Entry
+
+PENDING_BITS = 32
+
+
+class ChannelFifo(wiring.Component):
+    def __init__(self, depth: int):
+        self.depth = depth
+        super().__init__({
+            "entry": In(stream.Signature(Entry, always_ready=True)),
+            "head": Out(stream.Signature(Entry)),
+            "dropped": Out(PENDING_BITS),  # edges dropped in this clock (for the loss counter)
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=Entry.size, depth=self.depth)
+
+        pending = Signal(PENDING_BITS)  # edges dropped and not yet written as a loss record
+        pending_time = Signal(TIME_BITS)  # time of the first of them, in bins
+        arriving = Signal(PENDING_BITS)  # edges the arriving entry stands for
+        m.d.comb += arriving.eq(Mux(self.entry.valid, 1 + self.entry.payload.count, 0))
+
+        record = Signal(Entry)
+        chunk = Signal(PENDING_BITS)
+        m.d.comb += [
+            chunk.eq(Mux(pending > LOSS_COUNT_MAX, LOSS_COUNT_MAX, pending)),
+            record.time.eq(pending_time),
+            record.loss.eq(1),
+            record.count.eq(chunk),
+        ]
+
+        with m.If(pending != 0):
+            with m.If(queue.w_rdy):
+                m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(record)]
+                rest = pending - chunk
+                m.d.sync += pending.eq(rest + arriving)
+                with m.If((rest == 0) & self.entry.valid):
+                    m.d.sync += pending_time.eq(self.entry.payload.time)
+            with m.Else():
+                m.d.sync += pending.eq(pending + arriving)
+            m.d.comb += self.dropped.eq(arriving)
+        with m.Elif(self.entry.valid):
+            with m.If(queue.w_rdy):
+                m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(self.entry.payload)]
+            with m.Else():
+                m.d.sync += [pending.eq(arriving), pending_time.eq(self.entry.payload.time)]
+                m.d.comb += self.dropped.eq(arriving)
+
+        m.d.comb += [
+            self.head.valid.eq(queue.r_rdy),
+            self.head.payload.eq(queue.r_data),
+            queue.r_en.eq(self.head.ready),
+        ]
+        return m

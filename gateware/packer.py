@@ -1,0 +1,149 @@
+"""Packer: merged entries -> 64-bit event words (firmware/events.py) on an output stream.
+
+Words, at most one per clock, in this order: a HEADER once after reset; then for each entry its
+record (TAG, or LOSS reason CHANNEL_FIFO) and, for a tag that lost edges in its clock, a LOSS
+record reason SAME_CLOCK; each record preceded by an EPOCH word when its time's high bits
+(time_bins >> 32) differ from the last EPOCH sent. An entry with two records (or an EPOCH) holds
+the merger for the extra clocks.
+
+Words go through an output FIFO (``output_depth``) to the stream. When that FIFO is full the
+record is dropped and its count (1 for a tag, the count of a loss record) added to its channel's
+pending OUTPUT loss, with the time of the first such drop. Between entries, when a channel has
+pending losses and the FIFO has room for the EPOCH and the record (level <= depth - 4, so it can
+never be dropped itself), the lowest such channel's count is sent as a LOSS record reason OUTPUT.
+"""
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal
+from amaranth.lib import fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from qnode.firmware.events import (
+    AUX_BITS, LOSS_COUNT_MAX, TIME_BITS as WORD_TIME_BITS, Kind, LossReason, header_word,
+)
+
+from .channel_fifo import PENDING_BITS
+from .merger import Merged
+from .params import COUNT_BITS, GAP_BITS, TIME_BITS
+
+# What the record in hand is.
+REC_TAG, REC_FIFO_LOSS, REC_OUTPUT_LOSS = 0, 1, 2
+
+
+def event_word(kind, channel, aux, time):
+    return Cat(time[:WORD_TIME_BITS], aux[:AUX_BITS], channel[:6], Const(kind, 4))
+
+
+class Packer(wiring.Component):
+    def __init__(self, channels: int, bin_ps: int, output_depth: int):
+        self.channels = channels
+        self.bin_ps = bin_ps
+        self.output_depth = output_depth
+        super().__init__({
+            "merged": In(stream.Signature(Merged)),
+            "words": Out(stream.Signature(64)),
+            "dropped": Out(PENDING_BITS),  # events dropped at the output in this clock ...
+            "dropped_channel": Out(6),  # ... and their channel (for the loss counters)
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        q = self.output_depth
+        m.submodules.out = out = fifo.SyncFIFOBuffered(width=64, depth=q)
+        m.d.comb += [
+            self.words.valid.eq(out.r_rdy),
+            self.words.payload.eq(out.r_data),
+            out.r_en.eq(self.words.ready),
+        ]
+
+        header_sent = Signal()
+        epoch_sent = Signal(TIME_BITS - WORD_TIME_BITS)
+
+        # The entry (or pending loss) in hand, and which of its records is next.
+        busy = Signal()
+        second = Signal()  # 0: its main record, 1: its SAME_CLOCK loss record
+        kind = Signal(2)
+        channel = Signal(6)
+        time = Signal(TIME_BITS)
+        count = Signal(COUNT_BITS)
+        gap = Signal(GAP_BITS)
+
+        has_second = (kind == REC_TAG) & (count != 0)
+        rec_time = Signal(TIME_BITS)
+        m.d.comb += rec_time.eq(Mux(second, time + gap, time))
+        rec_epoch = rec_time[WORD_TIME_BITS:]
+        drop_count = Signal(PENDING_BITS)
+        m.d.comb += drop_count.eq(Mux((kind == REC_TAG) & ~second, 1, count))
+
+        tag_word = event_word(Kind.TAG, channel, Const(0, AUX_BITS), rec_time)
+        loss_reason = Signal(4)
+        m.d.comb += loss_reason.eq(Mux(second, LossReason.SAME_CLOCK,
+                                       Mux(kind == REC_FIFO_LOSS, LossReason.CHANNEL_FIFO,
+                                           LossReason.OUTPUT)))
+        loss_word = event_word(Kind.LOSS, channel, Cat(count, loss_reason), rec_time)
+        rec_word = Mux((kind == REC_TAG) & ~second, tag_word, loss_word)
+        epoch_word = Cat(rec_epoch, Const(0, 60 - len(rec_epoch)), Const(Kind.EPOCH, 4))
+
+        advance = Signal()
+        drop = Signal()
+        with m.If(~header_sent):
+            m.d.comb += [out.w_en.eq(1), out.w_data.eq(int(header_word(self.bin_ps, self.channels)))]
+            with m.If(out.w_rdy):
+                m.d.sync += header_sent.eq(1)
+        with m.Elif(busy):
+            with m.If(~out.w_rdy):
+                m.d.comb += [drop.eq(1), advance.eq(1)]
+            with m.Elif(rec_epoch != epoch_sent):
+                m.d.comb += [out.w_en.eq(1), out.w_data.eq(epoch_word)]
+                m.d.sync += epoch_sent.eq(rec_epoch)
+            with m.Else():
+                m.d.comb += [out.w_en.eq(1), out.w_data.eq(rec_word), advance.eq(1)]
+
+        finishing = advance & ~(~second & has_second)
+        with m.If(advance):
+            m.d.sync += second.eq(~second & has_second)
+            with m.If(finishing):
+                m.d.sync += busy.eq(0)
+
+        # Pending OUTPUT losses per channel.
+        pending = Array(Signal(PENDING_BITS, name=f"pending_{i}") for i in range(self.channels))
+        pending_time = Array(Signal(TIME_BITS, name=f"pending_time_{i}") for i in range(self.channels))
+        any_pending = Cat(p != 0 for p in pending).any()
+        flush_channel = Signal(range(max(self.channels, 2)))
+        for i in reversed(range(self.channels)):
+            with m.If(pending[i] != 0):
+                m.d.comb += flush_channel.eq(i)
+        chunk = Signal(PENDING_BITS)
+        m.d.comb += chunk.eq(Mux(pending[flush_channel] > LOSS_COUNT_MAX, LOSS_COUNT_MAX,
+                                 pending[flush_channel]))
+
+        take = header_sent & (~busy | finishing)
+        flush = Signal()
+        m.d.comb += [
+            flush.eq(take & any_pending & (out.level <= q - 4)),
+            self.merged.ready.eq(take & ~flush),
+        ]
+        with m.If(flush):
+            m.d.sync += [
+                busy.eq(1), second.eq(0), kind.eq(REC_OUTPUT_LOSS), channel.eq(flush_channel),
+                time.eq(pending_time[flush_channel]), count.eq(chunk), gap.eq(0),
+            ]
+        with m.Elif(self.merged.valid & self.merged.ready):
+            entry = self.merged.payload.entry
+            m.d.sync += [
+                busy.eq(1), second.eq(0), kind.eq(Mux(entry.loss, REC_FIFO_LOSS, REC_TAG)),
+                channel.eq(self.merged.payload.channel), time.eq(entry.time),
+                count.eq(entry.count), gap.eq(entry.gap),
+            ]
+
+        for i in range(self.channels):
+            taken = Mux(flush & (flush_channel == i), chunk, 0)
+            added = Mux(drop & (channel == i), drop_count, 0)
+            left = pending[i] - taken
+            m.d.sync += pending[i].eq(left + added)
+            with m.If(drop & (channel == i) & (left == 0)):
+                m.d.sync += pending_time[i].eq(rec_time)
+        m.d.comb += [
+            self.dropped.eq(Mux(drop, drop_count, 0)),
+            self.dropped_channel.eq(channel),
+        ]
+        return m

@@ -1,0 +1,112 @@
+"""Timestamper: one channel's sample words -> at most one tag per clock, with its same-clock losses.
+
+Stage A finds the edges in the word (against the previous word's last bit, so an edge at bit 0 is
+seen), masks those still inside the dead time, and takes the earliest left by priority encoder.
+Any further edge in the same word that is past the dead time measured from that tag cannot be
+recorded (one tag per channel per clock): it is counted and leaves as a LOSS record with reason
+SAME_CLOCK right behind the tag, carrying the first lost edge's time. Nothing is dropped silently.
+
+Stage B adds the channel's delay: ``time_bins = now * N + fine + delay_bins``.
+
+Dead time runs from recorded tags only (edges lost in the same clock do not extend it). An edge
+inside the dead time is ignored by design (the detector's own recovery, set by the user) and is
+not counted as lost. Changing ``delay_bins`` while a channel is enabled can reorder its events;
+disable the channel, change it, enable it again.
+"""
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from qnode.firmware.registers import DEAD_TIME_BITS, DELAY_BITS
+
+from .capture import coarse_bits
+from .params import COUNT_BITS, ENTRY_FIELDS, GAP_BITS, TIME_BITS
+
+Entry = data.StructLayout(dict(ENTRY_FIELDS))
+"""A ChannelFifo entry (see gateware/params.py for what each field means)."""
+
+
+class Timestamper(wiring.Component):
+    def __init__(self, oversampling: int):
+        self.oversampling = oversampling
+        super().__init__({
+            "samples": In(oversampling),
+            "sample_now": In(coarse_bits(oversampling)),
+            "enable": In(1),
+            "edge": In(1),  # 0 rising, 1 falling
+            "delay_bins": In(DELAY_BITS),
+            "dead_time_bins": In(DEAD_TIME_BITS),
+            "entry": Out(stream.Signature(Entry, always_ready=True)),
+            "tagged": Out(1),  # stage A found a tag this clock (for the tag counter)
+            "same_clock_lost": Out(range(oversampling)),  # edges lost in this clock
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n = self.oversampling
+        shift = n.bit_length() - 1
+
+        # --- stage A: edges, dead time, priority encoder -------------------------------
+        prev = Signal()  # raw level of the previous word's last bin
+        m.d.sync += prev.eq(self.samples[n - 1])
+        level = Signal(n)
+        m.d.comb += level.eq(self.samples ^ Mux(self.edge, (1 << n) - 1, 0))
+        before = Cat(prev ^ self.edge, level[: n - 1])  # level one bin earlier, bit by bit
+        edges = Signal(n)
+        m.d.comb += edges.eq(Mux(self.enable, level & ~before, 0))
+
+        # Bins of dead time left, counted from the start of the current word.
+        dead_left = Signal(DEAD_TIME_BITS + 1)
+        allowed = Signal(n)
+        m.d.comb += allowed.eq(Cat(edges[b] & (dead_left <= b) for b in range(n)))
+
+        fine = Signal(range(n))
+        for b in reversed(range(n)):  # the last assignment wins: the lowest set bit
+            with m.If(allowed[b]):
+                m.d.comb += fine.eq(b)
+        hit = allowed.any()
+
+        until = Signal(DEAD_TIME_BITS + 1)  # dead time ends here, in bins from the word start
+        m.d.comb += until.eq(fine + self.dead_time_bins)
+        lost = Signal(n)
+        m.d.comb += lost.eq(Cat(allowed[b] & (b > fine) & (until <= b) for b in range(n)))
+        first_lost = Signal(range(n))
+        for b in reversed(range(n)):
+            with m.If(lost[b]):
+                m.d.comb += first_lost.eq(b)
+
+        with m.If(hit):
+            m.d.sync += dead_left.eq(Mux(until > n, until - n, 0))
+        with m.Else():
+            m.d.sync += dead_left.eq(Mux(dead_left > n, dead_left - n, 0))
+
+        a_hit = Signal()
+        a_fine = Signal(range(n))
+        a_count = Signal(range(n))
+        a_gap = Signal(GAP_BITS)
+        a_now = Signal(coarse_bits(n))
+        m.d.sync += [
+            a_hit.eq(hit),
+            a_fine.eq(fine),
+            a_count.eq(sum(lost[b] for b in range(n))),
+            a_gap.eq(first_lost - fine),
+            a_now.eq(self.sample_now),
+        ]
+        m.d.comb += [
+            self.tagged.eq(a_hit),
+            self.same_clock_lost.eq(Mux(a_hit, a_count, 0)),
+        ]
+
+        # --- stage B: time in bins with the channel delay --------------------------------
+        time = Signal(TIME_BITS)
+        m.d.comb += time.eq(Cat(a_fine, a_now) + self.delay_bins)
+        m.d.sync += [
+            self.entry.valid.eq(a_hit),
+            self.entry.payload.time.eq(time),
+            self.entry.payload.loss.eq(0),
+            self.entry.payload.count.eq(a_count),
+            self.entry.payload.gap.eq(a_gap),
+        ]
+        assert COUNT_BITS >= n.bit_length() and shift >= 2
+        return m

@@ -1,0 +1,569 @@
+"""The twin of the time tagger gateware: same sampled input -> same event words, word for word.
+
+It models gateware/core.py (TimeTaggerCore) clock by clock where that matters and skips the
+clocks where nothing can change, so it is exact (loss records included, whatever the output
+stall pattern) and fast. Two stages:
+
+1. ``timestamp`` (numba, per channel): edges -> at most one tag per clock with its same-clock
+   losses, dead time from recorded tags, ``time_bins = edge + delay_bins``, and the clock the
+   entry reaches its ChannelFifo (``WRITE_LATENCY`` after its sample word).
+2. ``_backend`` (numba): channel FIFOs (SyncFIFOBuffered timing, loss records on overflow), the
+   time-ordered merger with its horizon, the packer and its output FIFO, and the consumer's
+   ``ready`` per clock. Idle stretches and waits for the horizon are jumped over.
+
+Input is either dense sample words (``samples[clock, channel]``, bit b = level at bin
+``(start_now + clock) * N + b``, exactly what the RTL's pins get), or edges in bins per channel
+(``edges_from_pulses``) for long runs, which is what the simulated FPGA serves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from qnode.firmware.events import Kind, LossReason, header_word
+from qnode.gateware.params import HORIZON_CLOCKS, VISIBLE_LATENCY, WRITE_LATENCY, check_geometry
+
+VISIBLE = VISIBLE_LATENCY
+
+COUNTER_NAMES = ("ts_tag_count", "ts_same_clock_lost", "ts_fifo_lost", "ts_output_lost")
+
+
+@dataclass
+class TwinConfig:
+    """The build parameters and the per-channel registers the twin runs with."""
+
+    channels: int = 8
+    oversampling: int = 8
+    sys_clk_hz: int = 125_000_000
+    fifo_depth: int = 16
+    output_depth: int = 16
+    start_now: int = 0  # clock counter at reset
+    enable: list[int] = field(default_factory=list)  # per channel, default all 1
+    edge: list[int] = field(default_factory=list)  # 0 rising, 1 falling; default rising
+    delay_bins: list[int] = field(default_factory=list)
+    dead_time_bins: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        check_geometry(self.channels, self.oversampling, self.fifo_depth, self.output_depth)
+        for name, default in (("enable", 1), ("edge", 0), ("delay_bins", 0), ("dead_time_bins", 0)):
+            values = list(getattr(self, name)) or [default] * self.channels
+            if len(values) != self.channels:
+                raise ValueError(f"{name}: {len(values)} values for {self.channels} channels")
+            setattr(self, name, [int(v) for v in values])
+
+    @property
+    def bin_ps(self) -> int:
+        return 10**12 // (self.sys_clk_hz * self.oversampling)
+
+    @classmethod
+    def from_lab(cls, fpga, **overrides) -> "TwinConfig":
+        """From a LabConfig's ``fpga`` section (ps converted to whole bins)."""
+        n = max(ch.index for ch in fpga.channels) + 1
+        bin_ps = fpga.bin_ps
+        cfg = dict(enable=[0] * n, edge=[0] * n, delay_bins=[0] * n, dead_time_bins=[0] * n)
+        for ch in fpga.channels:
+            cfg["enable"][ch.index] = int(ch.enabled)
+            cfg["edge"][ch.index] = int(ch.edge == "falling")
+            cfg["delay_bins"][ch.index] = round(ch.delay_ps / bin_ps)
+            cfg["dead_time_bins"][ch.index] = round(ch.dead_time_ps / bin_ps)
+        cfg.update(overrides)
+        return cls(channels=n, oversampling=fpga.oversampling, sys_clk_hz=fpga.sys_clk_hz, **cfg)
+
+
+# ---------------------------------------------------------------------------------------
+# Input: edges per channel in absolute bins
+
+
+def edges_from_samples(samples: np.ndarray, config: TwinConfig) -> list[np.ndarray]:
+    """Dense sample words [clock, channel] -> the edges (bins) each channel's timestamper sees."""
+    n = config.oversampling
+    samples = np.asarray(samples)
+    bits = ((samples[:, :, None].astype(np.uint16) >> np.arange(n, dtype=np.uint16)) & 1).astype(bool)
+    edges = []
+    for ch in range(config.channels):
+        level = bits[:, ch, :].reshape(-1)
+        before = np.empty_like(level)
+        before[0] = False  # the previous-word register resets to 0
+        before[1:] = level[:-1]
+        if config.edge[ch]:
+            level, before = ~level, ~before
+        found = level & ~before if config.enable[ch] else np.zeros_like(level)
+        edges.append(np.flatnonzero(found).astype(np.int64) + config.start_now * n)
+    return edges
+
+
+def edges_from_pulses(time_bins: np.ndarray, channel: np.ndarray, width_bins: int,
+                      config: TwinConfig) -> list[np.ndarray]:
+    """Detector pulses (rising at ``time_bins``, high for ``width_bins``) -> edges per channel.
+
+    Overlapping pulses on one channel merge into one (the input is a level). ``samples_from_edges``
+    turns the same pulses into the dense words the RTL takes, so both see the same input.
+    """
+    time_bins = np.asarray(time_bins, dtype=np.int64)
+    channel = np.asarray(channel)
+    out = []
+    for ch in range(config.channels):
+        t = np.sort(time_bins[channel == ch])
+        if len(t):
+            # a pulse starts a new high level only if the previous pulse has ended
+            ends = np.maximum.accumulate(t + width_bins)
+            starts = np.ones(len(t), bool)
+            starts[1:] = t[1:] > ends[:-1]
+            t_rise = t[starts]
+            t_fall = np.append(ends[np.flatnonzero(starts)[1:] - 1], ends[-1])
+        else:
+            t_rise = t_fall = t
+        edge = t_fall if config.edge[ch] else t_rise
+        out.append(edge if config.enable[ch] else edge[:0])
+    return out
+
+
+def samples_from_pulses(time_bins, channel, width_bins: int, n_clocks: int, config: TwinConfig) -> np.ndarray:
+    """Dense sample words [n_clocks, channels] for pulses (what a testbench drives on the pins)."""
+    n = config.oversampling
+    level = np.zeros((config.channels, n_clocks * n + 1), np.int32)
+    t = np.asarray(time_bins, np.int64) - config.start_now * n
+    ch = np.asarray(channel)
+    np.add.at(level, (ch, np.clip(t, 0, n_clocks * n)), 1)
+    np.add.at(level, (ch, np.clip(t + width_bins, 0, n_clocks * n)), -1)
+    high = (np.cumsum(level, axis=1)[:, :-1] > 0).reshape(config.channels, n_clocks, n)
+    words = (high * (1 << np.arange(n))).sum(axis=2).T
+    return words.astype(np.uint16 if n > 8 else np.uint8)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 1: timestamper
+
+
+@numba.njit(cache=True)
+def _timestamp(edges, edge_starts, n, dead_time, delay, start_now):
+    """Edges of all channels (concatenated, per channel sorted) -> entries sorted by
+    (write clock, channel): write clock, channel, time with delay, same-clock lost, gap."""
+    channels = len(edge_starts) - 1
+    total = len(edges)
+    t_clock = np.empty(total, np.int64)
+    t_time = np.empty(total, np.int64)
+    t_count = np.empty(total, np.int64)
+    t_gap = np.empty(total, np.int64)
+    run_end = np.empty(channels, np.int64)
+    for ch in range(channels):
+        m = edge_starts[ch]
+        dead_until = np.int64(-(1 << 62))
+        k_rec = np.int64(-(1 << 62))
+        for i in range(edge_starts[ch], edge_starts[ch + 1]):
+            e = edges[i]
+            if e < dead_until:
+                continue  # inside the dead time: ignored by design, not counted
+            k = e // n
+            if k == k_rec:  # another edge past the dead time in the tag's clock: SAME_CLOCK loss
+                if t_count[m - 1] == 0:
+                    t_gap[m - 1] = e - (t_time[m - 1] - delay[ch])
+                t_count[m - 1] += 1
+                continue
+            k_rec = k
+            dead_until = e + dead_time[ch]
+            t_clock[m] = k - start_now + WRITE_LATENCY
+            t_time[m] = e + delay[ch]
+            t_count[m] = 0
+            t_gap[m] = 0
+            m += 1
+        run_end[ch] = m
+    size = 0
+    for ch in range(channels):
+        size += run_end[ch] - edge_starts[ch]
+    clock = np.empty(size, np.int64)
+    chan = np.empty(size, np.int64)
+    time = np.empty(size, np.int64)
+    count = np.empty(size, np.int64)
+    gap = np.empty(size, np.int64)
+    pos = edge_starts[:-1].copy()
+    for i in range(size):
+        best = -1
+        for r in range(channels):
+            if pos[r] < run_end[r] and (best < 0 or t_clock[pos[r]] < t_clock[pos[best]]):
+                best = r
+        j = pos[best]
+        clock[i] = t_clock[j]
+        chan[i] = best
+        time[i] = t_time[j]
+        count[i] = t_count[j]
+        gap[i] = t_gap[j]
+        pos[best] += 1
+    return clock, chan, time, count, gap
+
+
+def timestamp(edges: list[np.ndarray], config: TwinConfig):
+    """Edges per channel (bins) -> entries of all channels sorted by (write clock, channel):
+    (write clock, channel, time_bins with delay, same-clock lost count, gap to the first lost)."""
+    flat = np.concatenate([np.asarray(e, np.int64) for e in edges]) if edges else np.zeros(0, np.int64)
+    starts = np.cumsum([0] + [len(e) for e in edges]).astype(np.int64)
+    return _timestamp(flat, starts, config.oversampling,
+                      np.asarray(config.dead_time_bins, np.int64),
+                      np.asarray(config.delay_bins, np.int64), config.start_now)
+
+
+# ---------------------------------------------------------------------------------------
+# Stage 2: channel FIFOs, merger, packer, output FIFO
+
+_TIME_LOW = (1 << 32) - 1
+_COUNT_MAX = (1 << 18) - 1
+_REC_TAG, _REC_FIFO_LOSS, _REC_OUTPUT_LOSS = 0, 1, 2
+
+
+@numba.njit(cache=True)
+def _loss_word(channel, reason, count, time):
+    return ((np.int64(Kind.LOSS) << 60) | (np.int64(channel) << 54)
+            | (((np.int64(reason) << 18) | count) << 32) | (time & _TIME_LOW))
+
+
+@numba.njit(cache=True)
+def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth, q_depth,
+             start_now, n_clocks, ready, header, out_words, counters, direct):
+    """Returns (words written to out_words, clocks simulated). ``n_clocks`` < 0: until drained.
+
+    ``direct``: the consumer is always ready and the run goes until drained. The output FIFO
+    then never holds more than one word in its inner queue, so it never refuses a word and never
+    reorders: words are taken as written, and an entry that meets an idle pipeline and leaves it
+    before the next one arrives is handled in one step."""
+    c_n = channels
+    cap = depth - 1  # SyncFIFOBuffered: an inner FIFO of depth - 1 and an output register
+    inner_time = np.zeros((c_n, cap), np.int64)
+    inner_loss = np.zeros((c_n, cap), np.int64)
+    inner_count = np.zeros((c_n, cap), np.int64)
+    inner_gap = np.zeros((c_n, cap), np.int64)
+    inner_head = np.zeros(c_n, np.int64)
+    inner_n = np.zeros(c_n, np.int64)
+    head_valid = np.zeros(c_n, np.bool_)
+    head_time = np.zeros(c_n, np.int64)
+    head_loss = np.zeros(c_n, np.int64)
+    head_count = np.zeros(c_n, np.int64)
+    head_gap = np.zeros(c_n, np.int64)
+    pend = np.zeros(c_n, np.int64)
+    pend_time = np.zeros(c_n, np.int64)
+    arr_valid = np.zeros(c_n, np.bool_)
+    arr_time = np.zeros(c_n, np.int64)
+    arr_count = np.zeros(c_n, np.int64)
+    arr_gap = np.zeros(c_n, np.int64)
+
+    header_sent = False
+    epoch_sent = np.int64(0)
+    busy = False
+    second = False
+    kind = 0
+    p_ch = 0
+    p_time = np.int64(0)
+    p_count = np.int64(0)
+    p_gap = np.int64(0)
+    out_pend = np.zeros(c_n, np.int64)
+    out_pend_time = np.zeros(c_n, np.int64)
+
+    q_cap = q_depth - 1
+    q_buf = np.zeros(q_cap, np.int64)
+    q_head = 0
+    q_n = 0
+    q_valid = False
+    q_word = np.int64(0)
+    n_out = 0
+
+    n_ent = len(ent_clock)
+    n_ready = len(ready)
+    e = 0
+    c = np.int64(0)
+    limit = n_clocks if n_clocks >= 0 else np.int64(1) << 62
+    while c < limit:
+        now = start_now + c
+        # ---- arrivals at the FIFO write ports in this clock
+        for ch in range(c_n):
+            arr_valid[ch] = False
+        while e < n_ent and ent_clock[e] == c:
+            ch = ent_ch[e]
+            arr_valid[ch] = True
+            arr_time[ch] = ent_time[e]
+            arr_count[ch] = ent_count[e]
+            arr_gap[ch] = ent_gap[e]
+            e += 1
+
+        # ---- merger: the earliest head (ties: lowest channel), if no empty channel can beat it
+        best = -1
+        any_empty = False
+        for ch in range(c_n):
+            if head_valid[ch]:
+                if best < 0 or head_time[ch] < head_time[best]:
+                    best = ch
+            else:
+                any_empty = True
+        winner = best
+        if best >= 0 and any_empty and not head_time[best] < (now - HORIZON_CLOCKS) * n:
+            winner = -1
+
+        # ---- packer
+        room = q_n != q_cap
+        level = q_n + (1 if q_valid else 0)
+        w_en = False
+        w_word = np.int64(0)
+        advance = False
+        drop = False
+        write_epoch = False
+        rec_time = p_time + p_gap if second else p_time
+        if not header_sent:
+            w_en = True
+            w_word = header
+        elif busy:
+            if not room:
+                drop = True
+                advance = True
+            elif (rec_time >> 32) != epoch_sent:
+                w_en = True
+                write_epoch = True
+                w_word = (np.int64(Kind.EPOCH) << 60) | (rec_time >> 32)
+            else:
+                w_en = True
+                advance = True
+                if kind == _REC_TAG and not second:
+                    w_word = (np.int64(Kind.TAG) << 60) | (np.int64(p_ch) << 54) | (rec_time & _TIME_LOW)
+                elif second:
+                    w_word = _loss_word(p_ch, LossReason.SAME_CLOCK, p_count, rec_time)
+                elif kind == _REC_FIFO_LOSS:
+                    w_word = _loss_word(p_ch, LossReason.CHANNEL_FIFO, p_count, rec_time)
+                else:
+                    w_word = _loss_word(p_ch, LossReason.OUTPUT, p_count, rec_time)
+        has_second = kind == _REC_TAG and p_count != 0
+        finishing = advance and not ((not second) and has_second)
+        take = header_sent and ((not busy) or finishing)
+        f_ch = -1
+        for ch in range(c_n):
+            if out_pend[ch] != 0:
+                f_ch = ch
+                break
+        flush = take and f_ch >= 0 and level <= q_depth - 4
+        pop = winner >= 0 and take and not flush
+        rd = q_valid and (c >= n_ready or ready[c])
+        drop_count = np.int64(1) if (kind == _REC_TAG and not second) else p_count
+
+        # ---- output FIFO
+        if direct:
+            if w_en:
+                out_words[n_out] = w_word
+                n_out += 1
+            do_w = False
+            rd = False
+        if rd:
+            out_words[n_out] = q_word
+            n_out += 1
+        w_idx = (q_head + q_n) % q_cap
+        if not direct:
+            do_w = w_en and room
+        if q_n > 0 and ((not q_valid) or rd):
+            q_word = q_buf[q_head]
+            q_head = (q_head + 1) % q_cap
+            q_n -= 1
+            q_valid = True
+        elif rd:
+            q_valid = False
+        if do_w:
+            q_buf[w_idx] = w_word
+            q_n += 1
+
+        # ---- packer state
+        if drop:
+            counters[3, p_ch] += drop_count
+        chunk = np.int64(0)
+        if flush:
+            chunk = min(out_pend[f_ch], _COUNT_MAX)
+        for ch in range(c_n):
+            left = out_pend[ch] - (chunk if (flush and ch == f_ch) else 0)
+            if drop and ch == p_ch:
+                if left == 0:
+                    out_pend_time[ch] = rec_time
+                left += drop_count
+            out_pend[ch] = left
+        if not header_sent:
+            header_sent = True  # the output FIFO is empty at reset
+        if write_epoch:
+            epoch_sent = rec_time >> 32
+        if advance:
+            second = (not second) and has_second
+            if finishing:
+                busy = False
+        if flush:
+            busy = True
+            second = False
+            kind = _REC_OUTPUT_LOSS
+            p_ch = f_ch
+            p_time = out_pend_time[f_ch]
+            p_count = chunk
+            p_gap = 0
+        elif pop:
+            busy = True
+            second = False
+            kind = _REC_FIFO_LOSS if head_loss[winner] else _REC_TAG
+            p_ch = winner
+            p_time = head_time[winner]
+            p_count = head_count[winner]
+            p_gap = head_gap[winner]
+
+        # ---- channel FIFOs
+        for ch in range(c_n):
+            r_en = pop and winner == ch
+            w_rdy = inner_n[ch] != cap
+            arriving = (1 + arr_count[ch]) if arr_valid[ch] else 0
+            write = False
+            wt = np.int64(0)
+            wl = 0
+            wc = np.int64(0)
+            wg = np.int64(0)
+            if pend[ch] != 0:
+                if w_rdy:
+                    write = True
+                    take_n = min(pend[ch], _COUNT_MAX)
+                    wt = pend_time[ch]
+                    wl = 1
+                    wc = take_n
+                    rest = pend[ch] - take_n
+                    if rest == 0 and arr_valid[ch]:
+                        pend_time[ch] = arr_time[ch]
+                    pend[ch] = rest + arriving
+                else:
+                    pend[ch] += arriving
+                counters[2, ch] += arriving
+            elif arr_valid[ch]:
+                if w_rdy:
+                    write = True
+                    wt = arr_time[ch]
+                    wc = arr_count[ch]
+                    wg = arr_gap[ch]
+                else:
+                    pend[ch] = arriving
+                    pend_time[ch] = arr_time[ch]
+                    counters[2, ch] += arriving
+            w_idx = (inner_head[ch] + inner_n[ch]) % cap
+            if inner_n[ch] > 0 and ((not head_valid[ch]) or r_en):
+                h = inner_head[ch]
+                head_time[ch] = inner_time[ch, h]
+                head_loss[ch] = inner_loss[ch, h]
+                head_count[ch] = inner_count[ch, h]
+                head_gap[ch] = inner_gap[ch, h]
+                head_valid[ch] = True
+                inner_head[ch] = (h + 1) % cap
+                inner_n[ch] -= 1
+            elif r_en:
+                head_valid[ch] = False
+            if write:
+                inner_time[ch, w_idx] = wt
+                inner_loss[ch, w_idx] = wl
+                inner_count[ch, w_idx] = wc
+                inner_gap[ch, w_idx] = wg
+                inner_n[ch] += 1
+
+        # ---- next clock; skip clocks in which nothing can change
+        c_next = c + 1
+        next_arrival = ent_clock[e] if e < n_ent else limit
+        quiet = header_sent and not busy and q_n == 0 and not q_valid
+        heads = 0
+        for ch in range(c_n):
+            if inner_n[ch] != 0 or pend[ch] != 0 or out_pend[ch] != 0:
+                quiet = False
+            if head_valid[ch]:
+                heads += 1
+        if quiet and direct and heads == 0:
+            # Entries that find the pipeline idle and leave it before the next one arrives.
+            while e < n_ent:
+                w = ent_clock[e]
+                t = ent_time[e]
+                pop_at = w + VISIBLE
+                if c_n > 1:
+                    pop_at = max(pop_at, t // n + HORIZON_CLOCKS - start_now + 1)
+                k = 1
+                if (t >> 32) != epoch_sent:
+                    k += 1
+                if ent_count[e] != 0:
+                    k += 1
+                    if ((t + ent_gap[e]) >> 32) != (t >> 32):
+                        k += 1
+                done = pop_at + k
+                if e + 1 < n_ent and ent_clock[e + 1] <= done:
+                    break
+                ch = ent_ch[e]
+                if (t >> 32) != epoch_sent:
+                    epoch_sent = t >> 32
+                    out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
+                    n_out += 1
+                out_words[n_out] = (np.int64(Kind.TAG) << 60) | (np.int64(ch) << 54) | (t & _TIME_LOW)
+                n_out += 1
+                if ent_count[e] != 0:
+                    t2 = t + ent_gap[e]
+                    if (t2 >> 32) != epoch_sent:
+                        epoch_sent = t2 >> 32
+                        out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
+                        n_out += 1
+                    out_words[n_out] = _loss_word(ch, LossReason.SAME_CLOCK, ent_count[e], t2)
+                    n_out += 1
+                e += 1
+                c_next = done + 1
+            next_arrival = ent_clock[e] if e < n_ent else limit
+        if quiet and next_arrival > c_next:
+            if heads == 0:
+                if e >= n_ent and n_clocks < 0:
+                    c = c_next
+                    break
+                c_next = next_arrival
+            elif heads < c_n:
+                best = -1
+                for ch in range(c_n):
+                    if head_valid[ch] and (best < 0 or head_time[ch] < head_time[best]):
+                        best = ch
+                # first clock whose horizon passes the earliest head
+                eligible = head_time[best] // n + HORIZON_CLOCKS - start_now + 1
+                c_next = max(c_next, min(eligible, next_arrival))
+        c = c_next
+    return n_out, c
+
+
+@dataclass
+class TwinResult:
+    words: np.ndarray  # uint64, in the order the stream delivers them
+    clocks: int  # clocks simulated
+    counters: dict[str, np.ndarray]  # per channel, as the registers would read
+    entries: int  # tags the timestampers produced
+
+
+class Twin:
+    """The gateware's twin. ``run`` takes sample words or edges and returns the word stream."""
+
+    def __init__(self, config: TwinConfig | None = None):
+        self.config = config or TwinConfig()
+
+    def run(self, *, samples: np.ndarray | None = None, edges: list[np.ndarray] | None = None,
+            n_clocks: int | None = None, ready: np.ndarray | None = None) -> TwinResult:
+        """Simulate ``n_clocks`` clocks from reset (default: the sample count, or until drained
+        for edges). ``ready[c]``: the consumer takes a word in clock c (missing: always ready)."""
+        cfg = self.config
+        if (samples is None) == (edges is None):
+            raise ValueError("give either samples or edges")
+        if samples is not None:
+            edges = edges_from_samples(samples, cfg)
+            if n_clocks is None:
+                n_clocks = len(samples)
+        clock, chan, time, count, gap = timestamp(edges, cfg)
+        counters = np.zeros((4, cfg.channels), np.int64)
+        counters[0] = np.bincount(chan, minlength=cfg.channels)
+        counters[1] = np.bincount(chan, weights=count, minlength=cfg.channels).astype(np.int64)
+        if n_clocks is not None:
+            keep = clock < n_clocks
+            clock, chan, time, count, gap = clock[keep], chan[keep], time[keep], count[keep], gap[keep]
+        ready_arr = np.ones(0, np.bool_) if ready is None else np.ascontiguousarray(ready, np.bool_)
+        out = np.empty(8 * len(clock) + 64, np.int64)
+        header = np.array([header_word(cfg.bin_ps, cfg.channels)], np.uint64).view(np.int64)[0]
+        n_out, clocks = _backend(clock, chan, time, count, gap, cfg.channels, cfg.oversampling,
+                                 cfg.fifo_depth, cfg.output_depth, cfg.start_now,
+                                 -1 if n_clocks is None else n_clocks, ready_arr, header, out,
+                                 counters, n_clocks is None and ready is None)
+        return TwinResult(
+            words=out[:n_out].view(np.uint64).copy(),
+            clocks=int(clocks),
+            counters={name: counters[i] for i, name in enumerate(COUNTER_NAMES)},
+            entries=len(clock),
+        )
