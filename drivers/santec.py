@@ -1,8 +1,9 @@
-"""Santec TSL-570 tunable laser (SCPI over LAN port 5000, GPIB or USB).
+"""Santec TSL-570 tunable laser (SCPI over LAN port 5000, GPIB or USB; CR line ends).
 
-``:WAV?`` answers in metres whatever the display unit; ``:WAV`` takes the value in the
-unit chosen by ``:WAV:UNIT`` (0 nm, 1 THz) and ``:POW`` in the unit of ``:POW:UNIT``
-(0 dBm, 1 mW). The driver reads both units at open and converts, rather than changing them.
+``:WAV``/``:WAV?`` are in nm whatever the display shows (``:WAV:FREQ`` is the THz form), but
+``:POW``/``:POW?`` are in the unit chosen by ``:POW:UNIT`` (0 dBm, 1 mW). The driver reads
+the power unit at open and converts, rather than changing it. Besides the SCPI error queue
+the laser keeps alerts (``:SYST:ALER?``: interlock, warm-up, ...).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ import math
 
 from .instrument import ScpiInstrument
 from .scpi import parse_float, parse_int
-
-SPEED_OF_LIGHT_M_PER_S = 299_792_458.0
 
 
 class SantecTSL570(ScpiInstrument):
@@ -25,13 +24,11 @@ class SantecTSL570(ScpiInstrument):
 
     wavelength_min_nm = 1480.0
     wavelength_max_nm = 1640.0
-    wavelength_unit = 0
     power_unit = 0
 
     def _read_limits(self) -> None:
-        self.wavelength_min_nm = parse_float(self.protocol.query(":WAV:MIN?")) * 1e9
-        self.wavelength_max_nm = parse_float(self.protocol.query(":WAV:MAX?")) * 1e9
-        self.wavelength_unit = parse_int(self.protocol.query(":WAV:UNIT?"))
+        self.wavelength_min_nm = parse_float(self.protocol.query(":WAV:MIN?"))
+        self.wavelength_max_nm = parse_float(self.protocol.query(":WAV:MAX?"))
         self.power_unit = parse_int(self.protocol.query(":POW:UNIT?"))
 
     @property
@@ -47,14 +44,24 @@ class SantecTSL570(ScpiInstrument):
                 "emission_on": self.emission_on()}
 
     def wavelength_nm(self) -> float:
-        return self._query_float(":WAV?") * 1e9
+        return self._query_float(":WAV?")
+
+    def frequency_thz(self) -> float:
+        return self._query_float(":WAV:FREQ?")
 
     def set_wavelength_nm(self, wavelength_nm: float) -> None:
         nm = self._check_range("wavelength_nm", wavelength_nm, self.wavelength_min_nm, self.wavelength_max_nm, "nm")
-        if self.wavelength_unit == 1:
-            self._write(f":WAV {SPEED_OF_LIGHT_M_PER_S / (nm * 1e-9) / 1e12:.6f}")
-        else:
-            self._write(f":WAV {nm:.4f}")
+        self._write(f":WAV {nm:.4f}")  # 0.1 pm resolution
+
+    def alerts(self) -> list[str]:
+        """Every alert the laser holds (``No07.`` interlock, ``No23.`` warming up, ...); empty when none."""
+        found = []
+        for _ in range(self.protocol.MAX_QUEUED_ERRORS):
+            alert = self._query(":SYST:ALER?").strip()
+            if alert.rstrip(".").lower() == "no alerts":
+                return found
+            found.append(alert)
+        return found
 
     def power_dbm(self) -> float:
         """The power setting."""

@@ -1,7 +1,8 @@
 """Simulated Santec TSL-570: wavelength, power and emission of the lab's reference laser.
 
-CR-terminated SCPI. ``:WAV?`` answers in metres; ``:WAV`` takes nm (``:WAV:UNIT 0``) or
-THz (``:WAV:UNIT 1``); ``:POW`` takes dBm (``:POW:UNIT 0``) or mW (``:POW:UNIT 1``).
+CR-terminated SCPI. ``:WAV``/``:WAV?`` are in nm and ``:WAV:FREQ?`` in THz whatever the
+display unit (``:WAV:UNIT``); ``:POW`` is in dBm (``:POW:UNIT 0``) or mW (``:POW:UNIT 1``).
+``:SYST:ALER?`` answers ``No alerts.`` unless a test sets ``alerts``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from .scpi_errors import DATA_OUT_OF_RANGE, DATA_TYPE_ERROR, UNDEFINED_HEADER, E
 from .server import SimulatedInstrument, split_command
 
 LONG_FORMS = {"WAVELENGTH": "WAV", "POWER": "POW", "STATE": "STAT", "SYSTEM": "SYST", "ERROR": "ERR",
-              "ACTUAL": "ACT", "MINIMUM": "MIN", "MAXIMUM": "MAX", "UNIT": "UNIT"}
+              "ACTUAL": "ACT", "MINIMUM": "MIN", "MAXIMUM": "MAX", "UNIT": "UNIT", "FREQUENCY": "FREQ",
+              "ALERT": "ALER"}
 C_M_PER_S = 299_792_458.0
 
 
@@ -34,6 +36,7 @@ class SimSantecTSL570(SimulatedInstrument):
 
     def reset_state(self) -> None:
         self.errors = ErrorQueue()
+        self.alerts: list[str] = []
         self.wavelength_unit = 0
         self.power_unit = 0
         self.laser.emission_on = False  # the LD is off after power-up
@@ -52,12 +55,16 @@ class SimSantecTSL570(SimulatedInstrument):
             return None
         if header == ":SYST:ERR?":
             return self.errors.pop()
+        if header == ":SYST:ALER?":
+            return self.alerts.pop(0) if self.alerts else "No alerts."
         if header == ":WAV?":
-            return f"{laser.wavelength_nm * 1e-9:.9E}"
+            return f"{laser.wavelength_nm:.4f}"
+        if header == ":WAV:FREQ?":
+            return f"{C_M_PER_S / (laser.wavelength_nm * 1e-9) / 1e12:.5f}"
         if header == ":WAV:MIN?":
-            return f"{laser.wavelength_min_nm * 1e-9:.9E}"
+            return f"{laser.wavelength_min_nm:.4f}"
         if header == ":WAV:MAX?":
-            return f"{laser.wavelength_max_nm * 1e-9:.9E}"
+            return f"{laser.wavelength_max_nm:.4f}"
         if header == ":WAV:UNIT?":
             return str(self.wavelength_unit)
         if header == ":POW:UNIT?":
@@ -79,7 +86,7 @@ class SimSantecTSL570(SimulatedInstrument):
             self.errors.push(DATA_TYPE_ERROR)
             return None
         if header == ":WAV":
-            nm = value if self.wavelength_unit == 0 else C_M_PER_S / (value * 1e12) * 1e9
+            nm = value
             if not laser.wavelength_min_nm <= nm <= laser.wavelength_max_nm:
                 self.errors.push(DATA_OUT_OF_RANGE)
             else:

@@ -64,8 +64,8 @@ def _lines(term: bytes, pairs):
 
 LS336_OPEN = _lines(b"\r\n", [(b"*IDN?", b"LSCI,MODEL336,LSA1SIM,2.9")])
 LS372_OPEN = _lines(b"\r\n", [(b"*IDN?", b"LSCI,MODEL372,LSA2SIM,1.5")])
-TSL_OPEN = _lines(b"\r", [(b"*IDN?", b"SANTEC,TSL-570,22050001,0003.0200"), (b":WAV:MIN?", b"1.480000000E-06"),
-                          (b":WAV:MAX?", b"1.640000000E-06"), (b":WAV:UNIT?", b"0"), (b":POW:UNIT?", b"0")])
+TSL_OPEN = _lines(b"\r", [(b"*IDN?", b"SANTEC,TSL-570,22050001,0003.0200"), (b":WAV:MIN?", b"1480.0000"),
+                          (b":WAV:MAX?", b"1640.0000"), (b":POW:UNIT?", b"0")])
 EOS_OPEN = [(b'{"request": "NumberOfDetectors"}\x17', b'{"label": "NumberOfDetectors", "value": 4}\x17')]
 GS200_OPEN = _lines(b"\n", [(b"*IDN?", b"YOKOGAWA,GS210,91W000001,2.02"), (b":SOUR:FUNC?", b"CURR"),
                             (b":SOUR:RANG?", b"1.000000E-03")])
@@ -99,7 +99,7 @@ SPECS = [
         change=lambda d: d.set_setpoint_k(0.05), power_on_read=lambda d: d.setpoint_k(), power_on_value=0.0),
     DriverSpec(
         "santec_tsl570", SantecTSL570, SimSantecTSL570, False, TSL_OPEN,
-        read=lambda d: round(d.wavelength_nm(), 6), read_sent=b":WAV?\r", read_reply=b"1.550000000E-06\r",
+        read=lambda d: round(d.wavelength_nm(), 6), read_sent=b":WAV?\r", read_reply=b"1550.0000\r",
         read_value=1550.0,
         write=lambda d: d.set_wavelength_nm(1551.0),
         write_script=_lines(b"\r", [(b":WAV 1551.0000", None), (b":SYST:ERR?", b'0,"No error"')]),

@@ -101,7 +101,8 @@ def test_santec_sets_wavelength_power_and_emission_in_the_lab(tcp, lab):
     assert laser.power_mw() == pytest.approx(10 ** 0.6, rel=1e-3)
 
 
-def test_santec_converts_when_the_display_is_in_thz_and_mw(lab):
+def test_santec_works_in_whatever_units_the_display_shows(lab):
+    """:WAV is nm whatever the display; :POW follows :POW:UNIT, which the driver reads, not sets."""
     instrument = SimSantecTSL570(lab)
     instrument.wavelength_unit = 1
     instrument.power_unit = 1
@@ -110,9 +111,18 @@ def test_santec_converts_when_the_display_is_in_thz_and_mw(lab):
         laser.set_wavelength_nm(1547.72)
         laser.set_power_dbm(3.0)
         assert lab.laser.wavelength_nm == pytest.approx(1547.72, abs=1e-4)
+        assert laser.frequency_thz() == pytest.approx(299_792_458 / 1547.72e-9 / 1e12, abs=1e-4)
+        assert lab.laser.power_dbm == pytest.approx(3.0, abs=1e-3)
         assert laser.power_dbm() == pytest.approx(3.0, abs=1e-3)
         assert instrument.wavelength_unit == 1 and instrument.power_unit == 1  # the driver changed neither
         laser.close()
+
+
+def test_santec_reports_alerts(tcp):
+    sim, laser = tcp(SimSantecTSL570, SantecTSL570)
+    assert laser.alerts() == []
+    sim.alerts = ["No07.Inter lock detection", "No23.Ongoing Warm up"]
+    assert laser.alerts() == ["No07.Inter lock detection", "No23.Ongoing Warm up"]
 
 
 def test_santec_refuses_out_of_range_power_before_sending(tcp):
