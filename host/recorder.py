@@ -75,6 +75,9 @@ LIBVER = ("v110", "v110")  # SWMR needs >= 1.10; pinning 1.10 keeps HDF5 1.10 to
 
 TAG_CHUNK = 1 << 17  # tags per chunk: 1 MiB of int64, the size of HDF5's default chunk cache
 TABLE_CHUNK = 4096  # rows per chunk of the low-rate tables
+# What a reader finds in entries never written (only after a failed write; see docs)
+NOT_WRITTEN_PS = -1
+NOT_WRITTEN_CHANNEL = 255
 
 SYNC_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1"), ("attempt", "<u4")])
 HERALD_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1"), ("outcome", "u1"), ("attempt", "<u4")])
@@ -115,6 +118,7 @@ class RecorderStatus:
     lost_events: int  # events the loss records say were lost (stream's and recorder's)
     dropped_batches: int  # batches the recorder itself could not store
     dropped_records: int  # instrument readings and loop samples it could not store
+    flushed_tags: int = 0  # tags durable on disk (all a crash cannot take away)
     queue_batches: int = 0  # RecorderThread: batches waiting
     error: str | None = None  # why the recording stopped, if it did
 
@@ -155,10 +159,11 @@ class _TagColumn:
         self.ds = ds
         self.chunk = ds.chunks[0]
         self.pool = pool
-        self.tail = np.zeros(self.chunk, ds.dtype)  # the chunk being filled
+        self.pad = ds.fillvalue  # what a reader finds past the written entries (-1 ps, channel 255)
+        self.tail = np.full(self.chunk, self.pad, ds.dtype)  # the chunk being filled
         self.n_tail = 0
         self.n_full = 0  # elements in chunks already written whole
-        self.stored_bytes = 0
+        self.flushed = 0  # elements durable at the last flush
 
     def __len__(self):
         return self.n_full + self.n_tail
@@ -192,16 +197,28 @@ class _TagColumn:
         self.ds.resize((start + len(chunks) * self.chunk,))
         for k, blob in enumerate(blobs):
             self.ds.id.write_direct_chunk((start + k * self.chunk,), blob, filter_mask=0)
-            self.stored_bytes += len(blob)
         self.n_full += len(chunks) * self.chunk
 
-    def flush(self) -> None:
-        """Write the partly filled chunk (zero padded; rewritten when it grows) and set the length."""
+    def write_tail(self) -> None:
+        """Write the partly filled chunk (padded; rewritten as it grows). The file's
+        _RecordingFile.flush sets the extents after every column's tail is written, so a
+        failed write leaves the extents as they were, except that a chunk HDF5 has not seen
+        yet needs the extent to reach into it first (HDF5 writes no chunk beyond it)."""
         if self.n_tail:
-            self.tail[self.n_tail:] = 0
-            self.ds.resize((self.n_full + self.chunk,))
+            self.tail[self.n_tail:] = self.pad
+            if self.ds.shape[0] <= self.n_full:
+                self.ds.resize((self.n_full + 1,))
             self.ds.id.write_direct_chunk((self.n_full,), _compress_chunk(self.tail), filter_mask=0)
+
+    def flush(self) -> None:
         self.ds.resize((len(self),))
+
+    def roll_back(self) -> None:
+        """After a failed write: back to the extent of the last flush (HDF5 may refuse)."""
+        self.ds.resize((self.flushed,))
+
+    def mark_flushed(self) -> None:
+        self.flushed = len(self)
 
 
 class _Table:
@@ -217,6 +234,7 @@ class _Table:
             name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(TABLE_CHUNK,), **kwargs
         )
         self.n = 0
+        self.flushed = 0
 
     def __len__(self):
         return self.n
@@ -231,6 +249,9 @@ class _Table:
     def flush(self) -> None:
         pass
 
+    def mark_flushed(self) -> None:
+        self.flushed = self.n
+
 
 class _TagTable(_Table):
     """Tags through HDF5's own filter pipeline, for lzf or no compression."""
@@ -238,6 +259,11 @@ class _TagTable(_Table):
     def __init__(self, group, name, dtype, compression):
         super().__init__(group, name, dtype, compression)
         self.ds.resize((0,))
+
+
+def _open_h5(path: Path) -> h5py.File:
+    """Where files are created (tests put a file object with a full disk here)."""
+    return h5py.File(path, "w", libver=LIBVER)
 
 
 def _text_dataset(group: h5py.Group, name: str, text: str) -> None:
@@ -253,7 +279,7 @@ class _RecordingFile:
         self.first_ps: int | None = None
         self.last_ps: int | None = None
         self.duration_override: float | None = None
-        f = self.file = h5py.File(path, "w", libver=LIBVER)
+        f = self.file = _open_h5(path)
         comp = rec.compression
         f.create_dataset("description", data=rec.description or "qnode recording")
         self.duration = f.create_dataset("acquisition_duration", data=0.0)
@@ -261,10 +287,11 @@ class _RecordingFile:
         pd = f.create_group("photon_data")
         tag_kwargs = dict(shape=(0,), maxshape=(None,), chunks=(TAG_CHUNK,))
         if comp == "gzip":
-            # The filters the chunks are compressed with (by us): shuffle, then deflate.
+            # The filters the chunks are compressed with (by us): shuffle, then deflate. Entries
+            # never written read as -1 ps and channel 255 (see abandon()).
             tag_kwargs.update(compression="gzip", compression_opts=_DEFLATE_LEVEL, shuffle=True)
-            ts = pd.create_dataset("timestamps", dtype="<i8", **tag_kwargs)
-            det = pd.create_dataset("detectors", dtype="u1", **tag_kwargs)
+            ts = pd.create_dataset("timestamps", dtype="<i8", fillvalue=NOT_WRITTEN_PS, **tag_kwargs)
+            det = pd.create_dataset("detectors", dtype="u1", fillvalue=NOT_WRITTEN_CHANNEL, **tag_kwargs)
             self.timestamps = _TagColumn(ts, rec._pool)
             self.detectors = _TagColumn(det, rec._pool)
         else:
@@ -310,16 +337,23 @@ class _RecordingFile:
         r.create_dataset("first_file", data=rec.first_path.name)
         r.create_dataset("previous_file", data=sequence_path(rec.first_path, sequence - 1).name if sequence else "")
         r.create_dataset("deflate_engine", data=DEFLATE_ENGINE)
+        self.flushed_at: float | None = None  # wall clock of the last flush
         self.tables = [self.sync, self.heralds, self.coincidences, self.loss, self.readings, *self.loops.values()]
         f.flush()
         if rec.swmr:
             f.swmr_mode = True
 
     @property
+    def empty(self) -> bool:
+        return len(self.timestamps) == 0 and not any(len(t) for t in self.tables)
+
+    @property
     def size(self) -> int:
         return self.file.id.get_filesize() if self.file.id.valid else self.path.stat().st_size
 
     def flush(self) -> None:
+        self.timestamps.write_tail()
+        self.detectors.write_tail()
         self.timestamps.flush()
         self.detectors.flush()
         for table in self.tables:
@@ -329,6 +363,9 @@ class _RecordingFile:
         elif self.first_ps is not None:
             self.duration[()] = (self.last_ps - self.first_ps) * 1e-12
         self.file.flush()
+        for column in (self.timestamps, self.detectors, *self.tables):
+            column.mark_flushed()
+        self.flushed_at = time.time()
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -336,7 +373,15 @@ class _RecordingFile:
             self.file.close()
 
     def abandon(self) -> None:
-        """After a failed write: close without asking HDF5 to write more than it must."""
+        """After a failed write: close, asking HDF5 for no more than it must write. (Shrinking
+        the datasets back to their flushed length is tried, but HDF5 refuses it when the failed
+        write was an edge chunk's: it rereads that chunk.)"""
+        for column in (self.timestamps, self.detectors):
+            try:
+                if column.ds.shape[0] != column.flushed:
+                    column.roll_back()
+            except Exception:
+                pass
         try:
             if self.file.id.valid:
                 self.file.close()
@@ -360,6 +405,7 @@ class Recorder:
         config_text: str = "",
         description: str = "",
         compression: str = "gzip",
+        min_free_mb: float = 64.0,
         manifest: Mapping | None = None,
         loops: Mapping[str, Sequence[str]] | None = None,
         flush_s: float = 1.0,
@@ -381,12 +427,14 @@ class Recorder:
         self.rotate_bytes = int(rotate_mb * 1e6) if rotate_mb else None
         self.rotate_s = rotate_s
         self.swmr = swmr
+        self.min_free_bytes = int(min_free_mb * 1e6)
         self._loop_dtypes: dict[str, np.dtype] = {}
         for name, columns in (loops or {}).items():
             self._declare_loop(name, columns)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="qnode-deflate") if workers > 1 else None
         self.started = time.monotonic()
         self.files: list[Path] = []
+        self._closed_tags: list[int] = []  # tags in each file already closed
         self.closed_bytes = 0  # bytes in files already closed
         self.tags = 0
         self.events = 0
@@ -414,6 +462,7 @@ class Recorder:
         if self._file is not None:
             self._file.close()
             self.closed_bytes += self._file.path.stat().st_size
+            self._closed_tags.append(len(self._file.timestamps))
         path = sequence_path(self.first_path, seq)
         self.files.append(path)
         self._file = None
@@ -431,12 +480,6 @@ class Recorder:
     def path(self) -> Path:
         return self.files[-1]
 
-    def _check(self) -> None:
-        if self.error is not None:
-            raise self.error
-        if self._file is None:
-            raise RecordingError(f"recording {self.first_path} is closed", path=self.path, bytes_written=self.bytes)
-
     def _guarded(self, fn, *args):
         """Run a write; an OSError (disk full, I/O error) stops the recording with RecordingError."""
         try:
@@ -449,17 +492,51 @@ class Recorder:
         path = f.path if f is not None else self.path
         if f is not None:
             f.abandon()
+            self._closed_tags.append(f.timestamps.flushed)
         self._file = None
         written = self.closed_bytes + (path.stat().st_size if path.exists() else 0)
-        full = isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space" in str(exc))
+        full = exc.errno == errno.ENOSPC or "No space" in str(exc) or "disk" in str(exc)
         what = "the disk is full" if full else f"a write failed ({exc})"
+        kept = f"the tags flushed at {dt.datetime.fromtimestamp(f.flushed_at).isoformat(timespec='seconds')}" \
+            if f is not None and f.flushed_at else "its layout, no data"
         self.error = RecordingError(
             f"recording stopped: {what} while writing {path} ({written:,} bytes written in "
-            f"{len(self.files)} file(s), {self.tags:,} tags); the file holds what was flushed "
-            f"up to {time.monotonic() - self._last_flush:.1f} s before the failure",
+            f"{len(self.files)} file(s), {self.flushed_tags:,} tags flushed); the file keeps {kept}",
             path=path, bytes_written=written,
         )
         raise self.error from exc
+
+    def _check_free_space(self) -> None:
+        """Stop while the disk still has room to close the file properly (min_free_mb): the
+        file is flushed and closed as usual, and every reader opens it."""
+        if not self.min_free_bytes or self._file is None:
+            return
+        st = os.statvfs(self.path.parent)
+        free = st.f_bavail * st.f_frsize
+        if free >= self.min_free_bytes:
+            return
+        f = self._file
+        try:
+            f.close()
+        except OSError as exc:
+            self._fail(exc)
+        self._file = None
+        self._closed_tags.append(len(f.timestamps))
+        self.closed_bytes += f.path.stat().st_size
+        self.error = RecordingError(
+            f"recording stopped: the disk is nearly full ({free:,} bytes free, below min_free_mb = "
+            f"{self.min_free_bytes / 1e6:g} MB) while writing {f.path} ({self.closed_bytes:,} bytes "
+            f"written in {len(self.files)} file(s), {self.flushed_tags:,} tags); the file is closed "
+            f"and complete", path=f.path, bytes_written=self.closed_bytes,
+        )
+        raise self.error
+
+    @property
+    def flushed_tags(self) -> int:
+        done = sum(n for n in self._closed_tags)
+        if self._file is not None:
+            done += self._file.timestamps.flushed
+        return done
 
     def append(self, events: np.ndarray) -> None:
         """Write one batch of decoded events (EVENT_DTYPE)."""
@@ -586,9 +663,7 @@ class Recorder:
         on; an open file that has data already is closed and the recording goes on in the next."""
         self._check()
         self.manifest = dict(manifest)
-        f = self._file
-        empty = len(f.timestamps) == 0 and not any(len(t) for t in f.tables)
-        if empty:  # nothing written yet: start this file again with the manifest in it
+        if self._file.empty:  # nothing written yet: start this file again with the manifest in it
             self._guarded(self._restart_empty_file)
         else:
             self._layout_changed()
@@ -600,28 +675,39 @@ class Recorder:
 
     def record_duration(self, seconds: float) -> None:
         """Set /acquisition_duration of the open file (else: the span of its events' times)."""
-        self._check()
-        self._file.duration_override = seconds
+        if self._file is not None:
+            self._file.duration_override = seconds
+
+    def _check(self) -> None:
+        """Before a write: refuse if stopped; continue in the next file if this one is due."""
+        if self.error is not None:
+            raise self.error
+        f = self._file
+        if f is None:
+            raise RecordingError(f"recording {self.first_path} is closed", path=self.path, bytes_written=self.bytes)
+        if not f.empty and ((self.rotate_bytes and f.size >= self.rotate_bytes) or (
+            self.rotate_s and time.monotonic() - f.opened >= self.rotate_s
+        )):
+            self._guarded(self._open_next)
 
     def _after_write(self) -> None:
-        now = time.monotonic()
-        if now - self._last_flush >= self.flush_s:
+        self._check_free_space()
+        if time.monotonic() - self._last_flush >= self.flush_s:
             self.flush()
-        f = self._file
-        if (self.rotate_bytes and f.size >= self.rotate_bytes) or (
-            self.rotate_s and now - f.opened >= self.rotate_s
-        ):
-            self._guarded(self._open_next)
 
     def flush(self) -> None:
         """Make everything written so far durable and visible to SWMR readers."""
-        self._check()
+        if self.error is not None:
+            raise self.error
+        if self._file is None:
+            return
         self._guarded(self._file.flush)
         self._last_flush = time.monotonic()
 
     def maybe_flush(self) -> None:
         """Flush if ``flush_s`` has passed; rotate if the file is due (for timers)."""
         if self._file is not None and self.error is None:
+            self._check()
             self._after_write()
 
     def close(self) -> None:
@@ -633,6 +719,7 @@ class Recorder:
                 self._file = f
                 self._fail(exc)
             self.closed_bytes += f.path.stat().st_size
+            self._closed_tags.append(len(f.timestamps))
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -647,7 +734,7 @@ class Recorder:
             path=str(self.path), files=[str(p) for p in self.files], bytes=self.bytes,
             duration_s=time.monotonic() - self.started, tags=self.tags, events=self.events,
             lost_events=self.lost_events, dropped_batches=self.dropped_batches,
-            dropped_records=self.dropped_records, error=str(self.error) if self.error else None,
+            dropped_records=self.dropped_records, flushed_tags=self.flushed_tags, error=str(self.error) if self.error else None,
         )
 
     def __enter__(self):
