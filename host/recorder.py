@@ -252,6 +252,13 @@ class _Table:
     def mark_flushed(self) -> None:
         self.flushed = self.n
 
+    def write_tail(self) -> None:
+        pass
+
+    def roll_back(self) -> None:
+        self.ds.resize((self.flushed,))
+        self.n = self.flushed
+
 
 class _TagTable(_Table):
     """Tags through HDF5's own filter pipeline, for lzf or no compression."""
