@@ -17,8 +17,9 @@ def sim():
 @click.option("--any-port", is_flag=True, help="let the OS pick free TCP ports instead of the configured ones")
 def lab(config_file, seconds, speed, any_port):
     """Serve every instrument the config marks sim = true until Ctrl-C."""
+    import signal
     import sys
-    import time
+    import threading
 
     from rich.console import Console
     from rich.table import Table
@@ -49,14 +50,19 @@ def lab(config_file, seconds, speed, any_port):
     console.print(table)
     if not rack.slots:
         console.print("no instrument in this config has sim = true")
-    console.print("running; Ctrl-C stops" if seconds is None else f"running for {seconds:g} s")
-    sys.stdout.flush()
+    # Ctrl-C (and SIGTERM from a service manager) ask for a clean stop at any moment, even
+    # before the loop below starts; the servers always close.
+    stop = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
     try:
-        deadline = None if seconds is None else time.monotonic() + seconds
-        while deadline is None or time.monotonic() < deadline:
-            time.sleep(0.05 if deadline is None else max(0.0, min(0.05, deadline - time.monotonic())))
-    except KeyboardInterrupt:
-        pass
+        console.print("running; Ctrl-C stops" if seconds is None else f"running for {seconds:g} s")
+        sys.stdout.flush()
+        stop.wait(seconds)
     finally:
         rack.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     console.print("stopped")
