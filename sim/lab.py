@@ -28,7 +28,7 @@ DEFAULT_SNSPD_CHANNELS = (1, 2, 3, 4)
 
 class LabModel:
     def __init__(self, config=None, *, clock=None, seed: int | None = None,
-                 snspd_channels: tuple[int, ...] = DEFAULT_SNSPD_CHANNELS,
+                 snspd_channels: tuple[int, ...] | None = None,
                  powermeter_fraction: float = 0.01, awg_to_piezo_gain: float = 15.0):
         self.config = config
         self.clock = clock if clock is not None else SimClock()
@@ -37,9 +37,9 @@ class LabModel:
         self._lock = threading.RLock()
         self.rng = np.random.default_rng([self.seed, 0xC0DE])
         self.cryostat = Cryostat()
-        self.snspd_channels = tuple(snspd_channels)
+        self.snspd_channels = tuple(snspd_channels or _configured_snspd_channels(config))
         self.detectors: dict[int, Snspd] = {}
-        for channel in self.snspd_channels:
+        for channel in dict.fromkeys(self.snspd_channels + _hand_biased_channels(config)):
             model = _detector_model(sim, channel)
             self.detectors[channel] = Snspd(nominal_efficiency=model[0], dark_rate_nominal_hz=model[1])
         self.laser = Laser()
@@ -129,7 +129,8 @@ class LabModel:
         with self._lock:
             temperature_k = self.temperature_k()
             out = []
-            for channel, snspd in self.detectors.items():
+            for channel in self.snspd_channels:
+                snspd = self.detectors[channel]
                 nominal = snspd.nominal_efficiency or 1.0
                 rate = (snspd.efficiency(temperature_k) / nominal * self.signal_rate_hz(channel)
                         + snspd.dark_rate_hz(temperature_k))
@@ -179,3 +180,17 @@ def _detector_model(sim, channel: int) -> tuple[float, float]:
         dark = override.dark_rate_hz if "dark_rate_hz" in fields else model.dark_rate_hz
         return efficiency, dark
     return model.efficiency, model.dark_rate_hz
+
+
+def _configured_snspd_channels(config) -> tuple[int, ...]:
+    """``options.channels`` of the config's SNSPD controller (FPGA channel of each detector), or 1-4."""
+    for entry in getattr(config, "instruments", {}).values():
+        if entry.driver == "singlequantum_eos" and "channels" in entry.options:
+            return tuple(int(c) for c in entry.options["channels"])
+    return DEFAULT_SNSPD_CHANNELS
+
+
+def _hand_biased_channels(config) -> tuple[int, ...]:
+    """Channels whose SNSPD a simulated bias source (GS200, ``options.channel``) feeds."""
+    return tuple(int(entry.options.get("channel", 1)) for entry in getattr(config, "instruments", {}).values()
+                 if entry.driver == "gs200" and entry.sim)

@@ -33,6 +33,12 @@ SIMULATORS = {
     "pm100": SimThorlabsPM100,
 }
 
+# Options in [instruments.NAME] that also shape the simulator.
+SIMULATOR_OPTIONS = {
+    "gs200": ("channel",),  # the FPGA channel whose detector the source biases
+    "mdt694b": ("voltage_limit_v",),  # the front-panel limit switch: 75, 100 or 150 V
+}
+
 
 @dataclass
 class RackSlot:
@@ -78,7 +84,8 @@ class InstrumentRack:
         except KeyError:
             raise ValueError(f"instruments.{name}: no simulator for driver {entry.driver!r}; "
                              f"known: {sorted(SIMULATORS)}") from None
-        instrument = simulator_class(self.lab)
+        kwargs = {key: entry.options[key] for key in SIMULATOR_OPTIONS.get(entry.driver, ()) if key in entry.options}
+        instrument = simulator_class(self.lab, **kwargs)
         if entry.transport == "serial":
             server = PtyInstrumentServer(instrument).start()
             if entry.resource != "sim-pty":

@@ -152,3 +152,26 @@ def test_sim_lab_process_serves_another_process_and_stops_on_ctrl_c():
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+
+
+def test_config_options_shape_the_simulated_lab():
+    from qnode.sim.clock import SimClock
+    from qnode.sim.lab import LabModel
+
+    config = load_config()
+    eos = config.instruments["snspd"]
+    config.instruments["snspd"] = eos.model_copy(update={"options": {"channels": [3, 4]}})
+    config.instruments["bias"] = Instrument(driver="gs200", resource="127.0.0.1:7655", sim=True,
+                                            options={"channel": 1})
+    config.instruments["stretcher"] = config.instruments["stretcher"].model_copy(
+        update={"options": {"voltage_limit_v": 75.0}})
+    lab = LabModel(config, clock=SimClock())
+    assert lab.snspd_channels == (3, 4)
+    with InstrumentRack(config, lab, any_free_port=True) as rack:
+        assert rack.slots["bias"].instrument.channel == 1
+        stretcher = open_instrument("stretcher", rack.config_entry("stretcher"))
+        assert stretcher.voltage_limit_v == 75.0
+        stretcher.close()
+        snspd = open_instrument("snspd", rack.config_entry("snspd"))
+        assert snspd.number_of_detectors == 2
+        snspd.close()
