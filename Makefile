@@ -13,10 +13,17 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks print a table and write JSON under bench/results/ (git-ignored).
-bench: bench-source
+bench: bench-source bench-host
 
 bench-source: $(STAMP)
 	$(PY) bench/source.py
+
+# Host hot paths against tttrlib and pycorrelate, which are installed here for the benchmark
+# only (not qnode dependencies); their pins agree with the project's, so .venv holds them.
+.PHONY: bench-host
+bench-host: $(STAMP)
+	$(PY) -m pip install --quiet tttrlib==0.26.2 pycorrelate==0.3
+	$(PY) bench/host.py
 
 venv: $(STAMP)
 
