@@ -66,3 +66,50 @@ def lab(config_file, seconds, speed, any_port):
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     console.print("stopped")
+
+
+@sim.command("fpga")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="lab config (default: the packaged lab_configs/sim.toml)")
+@click.option("--port", type=int, default=0, show_default=True, help="TCP port on 127.0.0.1 (0: any free port)")
+@click.option("--speed", type=float, default=1.0, show_default=True, help="lab seconds per wall-clock second")
+@click.option("--seconds", type=float, default=None, help="stop by itself after this long")
+def fpga(config_file, port, speed, seconds):
+    """Serve the simulated FPGA (the gateware's twin fed by the simulated lab) over TCP."""
+    import asyncio
+    import sys
+
+    from qnode.host.config import ConfigError, load_config
+    from qnode.sim.fpga import FpgaServer, SimulatedFpga
+
+    try:
+        config = load_config(config_file)
+        device = SimulatedFpga(config)
+    except (ConfigError, ValueError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+
+    async def serve():
+        server = FpgaServer(device, port=port, speed=speed)
+        try:
+            bound = await server.start()
+        except OSError as exc:
+            click.echo(f"cannot listen on 127.0.0.1:{port}: {exc}", err=True)
+            sys.exit(1)
+        ident = device.identity
+        click.echo(f"simulated FPGA on socket://127.0.0.1:{bound} (protocol {ident.protocol_version}, "
+                   f"gateware {ident.gateware_hash}, {ident.channels} channels, {ident.bin_ps} ps bins, "
+                   f"{speed:g}x real time)", nl=True)
+        sys.stdout.flush()
+        try:
+            if seconds is None:
+                await asyncio.Event().wait()
+            else:
+                await asyncio.sleep(seconds)
+        finally:
+            await server.stop()
+
+    try:
+        asyncio.run(serve())
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,267 @@
+"""The simulated FPGA: the device side of the link protocol, fed by the simulated lab.
+
+``SimulatedFpga`` answers link requests exactly as the gateware's packet engine does (identify,
+register reads and writes from the firmware register map) and turns detector clicks from
+:class:`~qnode.sim.source.PhotonSource` into event words. ``FpgaServer`` serves it over TCP, so
+the host driver opens ``socket://127.0.0.1:PORT`` and cannot tell it from a board except by the
+identify reply (board "sim").
+
+Time runs with the wall clock (``speed`` times real time). Words the host does not take in time
+(no client connected, or a client slower than the stream) are dropped at the device and become
+in-band LOSS records (reason OUTPUT) per channel, exactly as the gateware's packer reports
+back-pressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qnode.firmware import link
+from qnode.firmware.events import (
+    LOSS_COUNT_MAX, PROTOCOL_VERSION, TIME_BITS, Kind, LossReason, encode_events, header_word,
+)
+from qnode.firmware.registers import REGISTER_MAP, Access
+from qnode.host.config import LabConfig
+
+from .source import PhotonSource
+
+log = logging.getLogger(__name__)
+
+STEP_PS = 10_000_000_000  # 10 ms of lab time per production step
+SEND_BUFFER_LIMIT = 8 << 20  # bytes queued to a client before the device drops words
+
+
+def simulation_hash() -> str:
+    """Content hash of the simulation code: the simulated FPGA's 'gateware hash'."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class SimulatedFpga:
+    """Register file, identity and event stream of the simulated time tagger."""
+
+    def __init__(self, config: LabConfig, *, gateware_hash: str | None = None,
+                 protocol_version: int = PROTOCOL_VERSION):
+        fpga = config.fpga
+        self.config = config
+        self.bin_ps = fpga.bin_ps
+        self.channels = max(ch.index for ch in fpga.channels) + 1
+        self.identity = link.Identity(
+            protocol_version=protocol_version, channels=self.channels,
+            oversampling=fpga.oversampling, bin_ps=self.bin_ps,
+            sys_clk_khz=fpga.sys_clk_hz // 1000, gateware_hash=gateware_hash or simulation_hash(),
+            board="sim",
+        )
+        self.registers: dict[int, int] = {}
+        self._access: dict[int, Access] = {}
+        for reg in REGISTER_MAP:
+            for address in reg.addresses():
+                self.registers[address] = reg.reset
+                self._access[address] = reg.access
+        self._set("protocol_version", protocol_version)
+        self._set("channel_count", self.channels)
+        self._set("bin_ps", self.bin_ps)
+        self._set("oversampling", fpga.oversampling)
+        self._set("sys_clk_khz", fpga.sys_clk_hz // 1000)
+        ghash = int(self.identity.gateware_hash, 16)
+        self._set("gateware_hash", ghash & 0xFFFF_FFFF, 0)
+        self._set("gateware_hash", ghash >> 32, 1)
+
+        self.source = PhotonSource(config)
+        self.delay_bins = {ch.index: ch.delay_ps // self.bin_ps for ch in fpga.channels}
+        self.enabled = {ch.index: ch.enabled for ch in fpga.channels}
+        self.word_index = 0  # words handed to the link so far (the EVENTS frame index)
+        self.epoch = -1  # epoch the receiver holds
+        self.dropped = np.zeros(self.channels, np.int64)  # words not taken, per channel
+        self.first_dropped_bins = np.full(self.channels, -1, np.int64)
+        self._started = False
+
+    def _set(self, name: str, value: int, index: int = 0) -> None:
+        self.registers[REGISTER_MAP.address(name, index)] = value
+
+    # -- requests -------------------------------------------------------------------
+
+    def handle(self, frame: link.Frame) -> bytes:
+        """The reply frame to one request frame."""
+        T = link.FrameType
+        try:
+            if frame.type == T.HELLO:
+                return link.encode_frame(T.IDENTIFY, frame.seq, self.identity.pack())
+            if frame.type == T.REG_READ:
+                address, count = link.struct.unpack("<HB", frame.payload)
+                values = []
+                for a in range(address, address + count):
+                    if a not in self.registers:
+                        return self._error(frame, link.ErrorCode.BAD_ADDRESS, a)
+                    values.append(0 if self._access[a] == Access.WO else self.registers[a])
+                return link.encode_frame(T.REG_DATA, frame.seq, link.reg_data_payload(address, values))
+            if frame.type == T.REG_WRITE:
+                address, value = link.struct.unpack("<HI", frame.payload)
+                if address not in self.registers:
+                    return self._error(frame, link.ErrorCode.BAD_ADDRESS, address)
+                if self._access[address] == Access.RO:
+                    return self._error(frame, link.ErrorCode.READ_ONLY, address)
+                if self._access[address] == Access.RW:
+                    self.registers[address] = value
+                readback = self.registers[address] if self._access[address] == Access.RW else 0
+                return link.encode_frame(T.REG_ACK, frame.seq, link.struct.pack("<HI", address, readback))
+        except link.struct.error:
+            pass
+        return self._error(frame, link.ErrorCode.BAD_REQUEST, 0)
+
+    def _error(self, frame: link.Frame, code: link.ErrorCode, address: int) -> bytes:
+        return link.encode_frame(link.FrameType.ERROR, frame.seq, link.error_payload(frame.type, code, address))
+
+    # -- the event stream ---------------------------------------------------------------
+
+    def produce(self, duration_ps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Tags for the next ``duration_ps`` of lab time: (channel, time_bins), time-ordered."""
+        clicks = self.source.generate(duration_ps)
+        ch = clicks["channel"]
+        keep = np.array([self.enabled.get(c, False) for c in range(self.channels)])[ch]
+        delay = np.array([self.delay_bins.get(c, 0) for c in range(self.channels)], np.int64)
+        bins = clicks["time_ps"][keep] // self.bin_ps + delay[ch[keep]]
+        ch = ch[keep]
+        if np.any(delay):
+            order = np.lexsort((ch, bins))
+            ch, bins = ch[order], bins[order]
+        return ch, bins
+
+    def drop(self, channel: np.ndarray, time_bins: np.ndarray) -> None:
+        """Words the link could not take: counted per channel for LOSS records."""
+        if len(channel) == 0:
+            return
+        counts = np.bincount(channel, minlength=self.channels)
+        for c in np.flatnonzero(counts):
+            if self.first_dropped_bins[c] < 0:
+                self.first_dropped_bins[c] = time_bins[np.argmax(channel == c)]
+        self.dropped += counts
+
+    def words(self, channel: np.ndarray, time_bins: np.ndarray) -> np.ndarray:
+        """Encode tags (with any pending loss records first) into the words the link carries."""
+        kinds, chans, aux, times = [], [], [], []
+        for c in np.flatnonzero(self.dropped):
+            left = int(self.dropped[c])
+            while left:  # a loss record carries at most LOSS_COUNT_MAX events
+                n = min(left, LOSS_COUNT_MAX)
+                kinds.append(Kind.LOSS)
+                chans.append(c)
+                aux.append((LossReason.OUTPUT << 18) | n)
+                times.append(self.first_dropped_bins[c])
+                left -= n
+        self.dropped[:] = 0
+        self.first_dropped_bins[:] = -1
+        all_kinds = np.concatenate([np.array(kinds, np.uint8), np.full(len(channel), Kind.TAG, np.uint8)])
+        all_ch = np.concatenate([np.array(chans, np.uint8), channel.astype(np.uint8)])
+        all_aux = np.concatenate([np.array(aux, np.uint32), np.zeros(len(channel), np.uint32)])
+        all_t = np.concatenate([np.array(times, np.int64), time_bins])
+        words, self.epoch = encode_events(all_kinds, all_ch, all_aux, all_t, epoch=self.epoch)
+        if not self._started:
+            self._started = True
+            words = np.concatenate([[header_word(self.bin_ps, self.channels)], words]).astype(np.uint64)
+            self.epoch = 0 if len(all_t) == 0 else self.epoch
+        return words
+
+    def frames(self, words: np.ndarray, epoch_before: int) -> list[bytes]:
+        """EVENTS frames for ``words``; ``epoch_before`` is the epoch in force before them."""
+        out = []
+        epoch = max(epoch_before, 0)
+        for start in range(0, len(words), link.MAX_EVENT_WORDS):
+            chunk = words[start : start + link.MAX_EVENT_WORDS]
+            out.append(link.encode_frame(link.FrameType.EVENTS, 0,
+                                         link.events_payload(self.word_index, epoch, chunk)))
+            self.word_index += len(chunk)
+            epoch = _last_epoch(chunk, epoch)
+        return out
+
+
+def _last_epoch(words: np.ndarray, epoch: int) -> int:
+    kinds = words >> np.uint64(60)
+    epochs = np.flatnonzero(kinds == Kind.EPOCH)
+    headers = np.flatnonzero(kinds == Kind.HEADER)
+    if len(headers) and (not len(epochs) or headers[-1] > epochs[-1]):
+        return 0
+    if len(epochs):
+        return int(words[epochs[-1]] & np.uint64((1 << 60) - 1))
+    return epoch
+
+
+class FpgaServer:
+    """Serves a SimulatedFpga over TCP on 127.0.0.1, one host at a time (like a UART)."""
+
+    def __init__(self, device: SimulatedFpga, host: str = "127.0.0.1", port: int = 0, speed: float = 1.0):
+        self.device = device
+        self.host, self.port = host, port
+        self.speed = speed  # lab seconds per wall second
+        self._writer: asyncio.StreamWriter | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self.frames_sent = 0
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._client, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._producer = asyncio.create_task(self._produce())
+        return self.port
+
+    async def stop(self) -> None:
+        self._producer.cancel()
+        if self._writer is not None:
+            self._writer.close()
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._writer is not None:
+            log.warning("second host refused: the simulated FPGA serves one link at a time")
+            writer.close()
+            return
+        self._writer = writer
+        parser = link.FrameParser()
+        try:
+            while data := await reader.read(65536):
+                for frame in parser.feed(data):
+                    writer.write(self.device.handle(frame))
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            self._writer = None
+            writer.close()
+
+    async def _produce(self) -> None:
+        lab_ps = 0
+        t0 = time.monotonic()
+        while True:
+            await asyncio.sleep(STEP_PS * 1e-12 / self.speed)
+            target_ps = int((time.monotonic() - t0) * self.speed * 1e12)
+            while lab_ps < target_ps:
+                step = min(STEP_PS, target_ps - lab_ps)
+                self._emit(step)
+                lab_ps += step
+                await asyncio.sleep(0)
+
+    def _emit(self, step_ps: int) -> None:
+        channel, time_bins = self.device.produce(step_ps)
+        writer = self._writer
+        if writer is None or writer.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+            self.device.drop(channel, time_bins)
+            return
+        epoch_before = self.device.epoch
+        words = self.device.words(channel, time_bins)
+        for frame in self.device.frames(words, epoch_before):
+            writer.write(frame)
+            self.frames_sent += 1

@@ -1,0 +1,274 @@
+"""The link protocol and the time-tagger driver, against the simulated FPGA over real TCP."""
+
+import asyncio
+import threading
+import time
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qnode.drivers.timetagger import LINK_LOSS_CHANNEL, TimeTagger
+from qnode.firmware import link
+from qnode.firmware.events import PROTOCOL_VERSION, Kind, LossReason, ProtocolVersionError, split_aux
+from qnode.host.config import load_config
+from qnode.sim.fpga import FpgaServer, SimulatedFpga
+
+# --- framing ---------------------------------------------------------------------------
+
+frames_st = st.lists(
+    st.tuples(st.sampled_from(list(link.FrameType)), st.integers(0, 255), st.binary(max_size=300)),
+    min_size=1, max_size=20,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(frames_st, st.data())
+def test_frames_survive_any_split_of_the_byte_stream(frames, data):
+    stream = b"".join(link.encode_frame(t, s, p) for t, s, p in frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    parser, got = link.FrameParser(), []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)]):
+        got += parser.feed(stream[a:b])
+    assert [(f.type, f.seq, f.payload) for f in got] == [(int(t), s, p) for t, s, p in frames]
+    assert parser.stats.bytes_skipped == 0 and parser.pending_bytes == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames_st, st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=40)), max_size=6),
+       st.lists(st.integers(0, 10_000), max_size=4))
+def test_garbage_and_corruption_never_invent_a_frame_and_resync(frames, insertions, flips):
+    """Random garbage and flipped bytes: every frame out was sent, intact ones all come out."""
+    encoded = [link.encode_frame(t, s, p) for t, s, p in frames]
+    stream = bytearray(b"".join(encoded))
+    for pos, junk in insertions:
+        pos = pos % (len(stream) + 1)
+        stream[pos:pos] = junk
+    for pos in flips:
+        stream[pos % len(stream)] ^= 0x5A
+    got = link.FrameParser().feed(bytes(stream))
+    sent = {(int(t), s, p) for t, s, p in frames}
+    assert all((f.type, f.seq, f.payload) in sent for f in got)
+    if not insertions and not flips:
+        assert len(got) == len(frames)
+
+
+def test_a_corrupted_frame_is_counted_and_the_next_one_recovered():
+    a = link.encode_frame(link.FrameType.REG_ACK, 1, b"\x01\x00\x05\x00\x00\x00")
+    b = link.encode_frame(link.FrameType.REG_ACK, 2, b"\x02\x00\x06\x00\x00\x00")
+    broken = bytearray(a)
+    broken[8] ^= 0xFF
+    parser = link.FrameParser()
+    got = parser.feed(b"\x00garbage" + bytes(broken) + b)
+    assert [f.seq for f in got] == [2]
+    assert parser.stats.crc_errors == 1
+    assert parser.stats.bytes_skipped == len(b"\x00garbage") + len(a)
+
+
+def test_crc_is_crc32_iso_hdlc_over_header_and_payload():
+    frame = link.encode_frame(link.FrameType.HELLO, 7, b"")
+    assert frame[:2] == link.MAGIC
+    assert int.from_bytes(frame[-4:], "little") == zlib.crc32(frame[2:-4])
+
+
+# --- the simulated FPGA over TCP ---------------------------------------------------------
+
+
+def stop_loop(loop, thread):
+    """Cancel what still runs on a test's event loop, then stop it and its thread."""
+
+    async def cancel_rest():
+        rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in rest:
+            task.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)
+
+    asyncio.run_coroutine_threadsafe(cancel_rest(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+
+
+class ServerThread:
+    """An FpgaServer on its own asyncio loop in a thread (the daemon will do the same)."""
+
+    def __init__(self, device, port=0, speed=1.0):
+        self.loop = asyncio.new_event_loop()
+        self.server = FpgaServer(device, port=port, speed=speed)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
+
+    @property
+    def url(self):
+        return f"socket://127.0.0.1:{self.port}"
+
+    def stop(self):
+        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(5)
+        stop_loop(self.loop, self.thread)
+
+
+@pytest.fixture
+def config():
+    return load_config()
+
+
+@pytest.fixture
+def server(config):
+    srv = ServerThread(SimulatedFpga(config))
+    yield srv
+    srv.stop()
+
+
+def read_for(tagger, seconds):
+    batches, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        batches.append(tagger.read_events(0.05))
+    return np.concatenate(batches)
+
+
+def test_identify_and_registers(server, config):
+    with TimeTagger(server.url, timeout_s=2.0) as tagger:
+        ident = tagger.identity
+        assert ident.protocol_version == PROTOCOL_VERSION
+        assert ident.board == "sim" and ident.channels == 8 and ident.bin_ps == 1000
+        assert tagger.read_register("bin_ps") == 1000
+        assert tagger.read_register("channel_count") == 8
+        assert tagger.write_register("scratch", 0xDEADBEEF) == 0xDEADBEEF
+        assert tagger.read_register("scratch") == 0xDEADBEEF
+        with pytest.raises(link.LinkError, match="READ_ONLY"):
+            tagger.write_register("bin_ps", 5)
+        with pytest.raises(ValueError, match="does not fit"):
+            tagger.write_register("bin_ps", 1 << 20)
+
+
+def test_events_stream_in_time_order_with_the_lab_rates(server):
+    with TimeTagger(server.url, timeout_s=2.0) as tagger:
+        events = read_for(tagger, 0.6)
+    tags = events[events["kind"] == Kind.TAG]
+    assert len(tags) > 100_000
+    assert np.all(np.diff(tags["time_ps"]) >= 0)
+    assert np.all(tags["time_ps"] % 1000 == 0)
+    span_s = (tags["time_ps"][-1] - tags["time_ps"][0]) * 1e-12
+    sync_rate = np.count_nonzero(tags["channel"] == 0) / span_s
+    assert 0.95e6 < sync_rate < 1.05e6
+    assert tagger.decode_stats.invalid_words == 0
+
+
+def test_version_mismatch_is_refused_naming_both_versions(config):
+    srv = ServerThread(SimulatedFpga(config, protocol_version=PROTOCOL_VERSION + 1))
+    try:
+        with pytest.raises(ProtocolVersionError) as err:
+            TimeTagger(srv.url, timeout_s=2.0).open()
+        assert f"version {PROTOCOL_VERSION + 1}" in str(err.value)
+        assert f"version {PROTOCOL_VERSION}" in str(err.value)
+    finally:
+        srv.stop()
+
+
+def test_connection_refused_is_a_clear_error():
+    srv_port = ServerThread(SimulatedFpga(load_config()))
+    url = srv_port.url
+    srv_port.stop()
+    with pytest.raises(link.LinkError, match="cannot open socket://127.0.0.1"):
+        TimeTagger(url, timeout_s=0.5).open()
+
+
+def test_server_restart_reconnects_and_reports_the_gap(config):
+    srv = ServerThread(SimulatedFpga(config))
+    tagger = TimeTagger(srv.url, timeout_s=2.0)
+    tagger.open()
+    before = read_for(tagger, 0.2)
+    port = srv.port
+    srv.stop()
+    srv = ServerThread(SimulatedFpga(config), port=port)
+    try:
+        after = read_for(tagger, 1.0)
+    finally:
+        tagger.close()
+        srv.stop()
+    assert tagger.stats.reconnects >= 1
+    assert tagger.stats.stream_restarts == 1
+    loss = after[after["kind"] == Kind.LOSS]
+    reason = split_aux(loss)["loss_reason"]
+    # The restart itself (count unknown: 0) on the link channel ...
+    assert np.any((reason == LossReason.LINK) & (loss["channel"] == LINK_LOSS_CHANNEL))
+    # ... and what the new device dropped before the host was back, in band, per channel.
+    assert set(reason.tolist()) <= {LossReason.LINK, LossReason.OUTPUT}
+    tags = np.concatenate([before, after])
+    tags = tags[tags["kind"] == Kind.TAG]
+    assert np.all(np.diff(tags["time_ps"]) >= 0)  # time stays monotonic across the restart
+
+
+class LossyLink:
+    """A TCP proxy between host and simulated FPGA that loses chosen EVENTS frames whole,
+    as a link losing packets would (the device keeps counting words it sent)."""
+
+    def __init__(self, target_port, drop_every=7):
+        self.target_port, self.drop_every = target_port, drop_every
+        self.dropped_words = 0
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(5)
+
+    async def _start(self):
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _client(self, host_r, host_w):
+        dev_r, dev_w = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def upstream():
+            while data := await host_r.read(65536):
+                dev_w.write(data)
+
+        async def downstream():
+            parser, n_events = link.FrameParser(), 0
+            while data := await dev_r.read(65536):
+                for f in parser.feed(data):
+                    if f.type == link.FrameType.EVENTS:
+                        n_events += 1
+                        if n_events % self.drop_every == 0:
+                            self.dropped_words += (len(f.payload) - 8) // 8
+                            continue
+                    host_w.write(link.encode_frame(f.type, f.seq, f.payload))
+
+        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
+
+    def stop(self):
+        self.server.close()
+        stop_loop(self.loop, self.thread)
+
+
+def test_lost_frames_are_counted_exactly(server):
+    proxy = LossyLink(server.port)
+    try:
+        with TimeTagger(f"socket://127.0.0.1:{proxy.port}", timeout_s=2.0) as tagger:
+            events = read_for(tagger, 0.5)
+            dropped = proxy.dropped_words
+            events = np.concatenate([events, read_for(tagger, 0.2)])
+    finally:
+        proxy.stop()
+    assert dropped > 0
+    # Words dropped after our snapshot may also be counted, never fewer than the snapshot.
+    assert tagger.stats.lost_words >= dropped
+    loss = events[(events["kind"] == Kind.LOSS) & (events["channel"] == LINK_LOSS_CHANNEL)]
+    assert int(split_aux(loss)["loss_count"].sum()) == tagger.stats.lost_words
+    assert tagger.decode_stats.invalid_words == 0  # each frame decodes on its own epoch
+    tags = events[events["kind"] == Kind.TAG]
+    assert np.all(np.diff(tags["time_ps"]) >= 0)
+
+
+def test_device_drops_become_in_band_output_loss_records(config):
+    device = SimulatedFpga(config)
+    ch, t = device.produce(5_000_000_000)
+    device.drop(ch, t)
+    ch2, t2 = device.produce(1_000_000_000)
+    events, _ = __import__("qnode.firmware.events", fromlist=["decode_words"]).decode_words(device.words(ch2, t2))
+    loss = events[events["kind"] == Kind.LOSS]
+    assert int(split_aux(loss)["loss_count"].sum()) == len(ch)
+    assert np.all(split_aux(loss)["loss_reason"] == LossReason.OUTPUT)
+    per_channel = np.bincount(loss["channel"], weights=split_aux(loss)["loss_count"], minlength=8)
+    np.testing.assert_array_equal(per_channel[:8], np.bincount(ch, minlength=8))
