@@ -64,17 +64,20 @@ class CountRates:
     """
 
     def __init__(self, channels: int = MAX_CHANNELS):
-        self.counts = np.zeros(channels, np.int64)
+        # one counter for every uint8 value, so a file's stray channel byte cannot write
+        # outside the array; counts shows the first `channels`
+        self._counts = np.zeros(256, np.int64)
+        self.counts = self._counts[:channels]
         self._span = np.array([NO_TIME, NO_TIME], np.int64)
 
     def add(self, events: np.ndarray) -> np.ndarray:
         """Count one EVENT_DTYPE batch; returns this batch's counts per channel."""
         before = self.counts.copy()
-        _count_tags(*_columns(events), False, self.counts, self._span)
+        _count_tags(*_columns(events), False, self._counts, self._span)
         return self.counts - before
 
     def add_tags(self, time_ps: np.ndarray, channel: np.ndarray) -> None:
-        _count_tags(time_ps, channel, _NO_KIND, True, self.counts, self._span)
+        _count_tags(time_ps, channel, _NO_KIND, True, self._counts, self._span)
 
     @property
     def duration_ps(self) -> int:

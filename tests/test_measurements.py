@@ -227,6 +227,18 @@ def test_count_rates_and_herald_rate():
     assert heralds.rate_hz() == pytest.approx(1e6)
 
 
+def test_channel_bytes_beyond_the_event_format_are_harmless():
+    """A file's detectors column is uint8: channels 64-255 are counted apart, never paired."""
+    t = np.array([0, 100, 200, 300], np.int64)
+    c = np.array([1, 200, 255, 2], np.uint8)
+    rates, hist, counter = CountRates(8), CorrelationHistogram(1, 2, 100, 1000), CoincidenceCounter([((1, 2), 1000)])
+    for m in (rates, hist, counter):
+        m.add_tags(t, c)
+    assert rates.counts.tolist() == [0, 1, 1, 0, 0, 0, 0, 0]
+    assert hist.counts.sum() == 1 and hist.counts[13] == 1
+    assert counter.counts.tolist() == [1]
+
+
 # ---------------------------------------------------------------------------------------
 # The simulated lab
 
