@@ -62,6 +62,7 @@ class TimeTagger:
         self._seq = 0
         self._replies: dict[int, link.Frame] = {}
         self._batches: list[np.ndarray] = []
+        self._early_frames: list[link.Frame] = []
         self._decoder: StreamDecoder | None = None
         self._next_index: int | None = None
         self._last_time_ps = 0
@@ -89,6 +90,9 @@ class TimeTagger:
         if self._decoder is None:
             self._decoder = StreamDecoder(bin_ps=identity.bin_ps, channels=identity.channels)
         self.suspect = False
+        early, self._early_frames = self._early_frames, []
+        for frame in early:  # events that came in while we asked who the device is
+            self._take_events(frame)
         return identity
 
     def close(self) -> None:
@@ -148,7 +152,9 @@ class TimeTagger:
         deadline = time.monotonic() + timeout_s
         while not self._batches and time.monotonic() < deadline:
             self._pump()
-        self._pump(block=False)
+        for _ in range(64):  # then take what else has arrived, up to 64 reads (4 MiB)
+            if not self._pump(block=False):
+                break
         batches, self._batches = self._batches, []
         if not batches:
             return np.empty(0, EVENT_DTYPE)
@@ -191,8 +197,9 @@ class TimeTagger:
             self.reconnect()
             self._port.write(data)
 
-    def _pump(self, block: bool = True) -> None:
-        """Read what the link has and route it: replies to waiters, events to batches."""
+    def _pump(self, block: bool = True) -> int:
+        """Read what the link has and route it: replies to waiters, events to batches.
+        Returns the number of bytes read."""
         if self._port is None:
             self.reconnect()
         try:
@@ -203,9 +210,9 @@ class TimeTagger:
             log.warning("%s: link broke (%s), reconnecting", self.name, exc)
             self.suspect = True
             self.reconnect()
-            return
+            return 0
         if not data:
-            return
+            return 0
         before = self._parser.stats
         frames = self._parser.feed(data)
         self.stats.crc_errors = before.crc_errors
@@ -213,9 +220,13 @@ class TimeTagger:
         for frame in frames:
             self.stats.frames += 1
             if frame.type == link.FrameType.EVENTS:
-                self._take_events(frame)
+                if self._decoder is None:
+                    self._early_frames.append(frame)
+                else:
+                    self._take_events(frame)
             else:
                 self._replies[frame.seq] = frame
+        return len(data)
 
     def _wait_readable(self, timeout_s: float) -> None:
         try:

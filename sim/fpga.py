@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -48,8 +49,10 @@ def simulation_hash() -> str:
 class SimulatedFpga:
     """Register file, identity and event stream of the simulated time tagger."""
 
-    def __init__(self, config: LabConfig, *, gateware_hash: str | None = None,
+    def __init__(self, config: LabConfig, *, lab=None, gateware_hash: str | None = None,
                  protocol_version: int = PROTOCOL_VERSION):
+        """``lab``: a :class:`~qnode.sim.lab.LabModel` whose bias, temperature and
+        interferometer phase drive the detectors (none: the config's nominal physics)."""
         fpga = config.fpga
         self.config = config
         self.bin_ps = fpga.bin_ps
@@ -75,7 +78,9 @@ class SimulatedFpga:
         self._set("gateware_hash", ghash & 0xFFFF_FFFF, 0)
         self._set("gateware_hash", ghash >> 32, 1)
 
-        self.source = PhotonSource(config)
+        self.lab = lab
+        PhotonSource(config).generate(1_000_000)  # load the compiled kernels before serving
+        self.source = PhotonSource(config, phase_rad=lab.phase_rad if lab is not None else None)
         self.delay_bins = {ch.index: ch.delay_ps // self.bin_ps for ch in fpga.channels}
         self.enabled = {ch.index: ch.enabled for ch in fpga.channels}
         self.word_index = 0  # words handed to the link so far (the EVENTS frame index)
@@ -124,6 +129,8 @@ class SimulatedFpga:
 
     def produce(self, duration_ps: int) -> tuple[np.ndarray, np.ndarray]:
         """Tags for the next ``duration_ps`` of lab time: (channel, time_bins), time-ordered."""
+        if self.lab is not None:
+            self.lab.apply_to(self.source)
         clicks = self.source.generate(duration_ps)
         ch = clicks["channel"]
         keep = np.array([self.enabled.get(c, False) for c in range(self.channels)])[ch]
@@ -257,7 +264,7 @@ class FpgaServer:
     def _emit(self, step_ps: int) -> None:
         channel, time_bins = self.device.produce(step_ps)
         writer = self._writer
-        if writer is None or writer.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
+        if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
             self.device.drop(channel, time_bins)
             return
         epoch_before = self.device.epoch
@@ -265,3 +272,32 @@ class FpgaServer:
         for frame in self.device.frames(words, epoch_before):
             writer.write(frame)
             self.frames_sent += 1
+
+
+class FpgaServerThread:
+    """An FpgaServer on its own event loop in a background thread (daemon, tests, demo)."""
+
+    def __init__(self, device: SimulatedFpga, port: int = 0, speed: float = 1.0):
+        self.loop = asyncio.new_event_loop()
+        self.server = FpgaServer(device, port=port, speed=speed)
+        self.thread = threading.Thread(target=self.loop.run_forever, name="sim-fpga", daemon=True)
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+
+    @property
+    def url(self) -> str:
+        return f"socket://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def shutdown():
+            await self.server.stop()
+            rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in rest:
+                task.cancel()
+            await asyncio.gather(*rest, return_exceptions=True)
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()

@@ -14,7 +14,7 @@ from qnode.drivers.timetagger import LINK_LOSS_CHANNEL, TimeTagger
 from qnode.firmware import link
 from qnode.firmware.events import PROTOCOL_VERSION, Kind, LossReason, ProtocolVersionError, split_aux
 from qnode.host.config import load_config
-from qnode.sim.fpga import FpgaServer, SimulatedFpga
+from qnode.sim.fpga import FpgaServerThread, SimulatedFpga
 
 # --- framing ---------------------------------------------------------------------------
 
@@ -90,23 +90,8 @@ def stop_loop(loop, thread):
     thread.join(5)
 
 
-class ServerThread:
-    """An FpgaServer on its own asyncio loop in a thread (the daemon will do the same)."""
-
-    def __init__(self, device, port=0, speed=1.0):
-        self.loop = asyncio.new_event_loop()
-        self.server = FpgaServer(device, port=port, speed=speed)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(5)
-
-    @property
-    def url(self):
-        return f"socket://127.0.0.1:{self.port}"
-
-    def stop(self):
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(5)
-        stop_loop(self.loop, self.thread)
+def ServerThread(device, port=0, speed=1.0):
+    return FpgaServerThread(device, port=port, speed=speed)
 
 
 @pytest.fixture
