@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 from numba import njit
 
-from qnode.firmware.events import HERALD_ATTEMPT_BITS, MAX_CHANNELS, Kind
+from qnode.firmware.events import EVENT_DTYPE, HERALD_ATTEMPT_BITS, MAX_CHANNELS, Kind
 
 TAG = int(Kind.TAG)
 HERALD = int(Kind.HERALD)
@@ -501,12 +501,23 @@ class HeraldRate:
 # Recorded files
 
 
-def iter_file_tags(path: str | Path, chunk_tags: int = FILE_CHUNK_TAGS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(time_ps, channel) chunks of a recording's /photon_data, in file order."""
-    with h5py.File(path, "r") as f:
-        timestamps, detectors = f["/photon_data/timestamps"], f["/photon_data/detectors"]
-        for start in range(0, len(timestamps), chunk_tags):
-            yield timestamps[start:start + chunk_tags], detectors[start:start + chunk_tags]
+Paths = str | Path | Iterable[str | Path]
+
+
+def _paths(paths: Paths) -> list[Path]:
+    """One file, or the files of a rotated recording in order (recorder.recording_files)."""
+    if isinstance(paths, (str, Path)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def iter_file_tags(paths: Paths, chunk_tags: int = FILE_CHUNK_TAGS) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(time_ps, channel) chunks of the recordings' /photon_data, in file order."""
+    for path in _paths(paths):
+        with h5py.File(path, "r") as f:
+            timestamps, detectors = f["/photon_data/timestamps"], f["/photon_data/detectors"]
+            for start in range(0, len(timestamps), chunk_tags):
+                yield timestamps[start:start + chunk_tags], detectors[start:start + chunk_tags]
 
 
 def file_duration_ps(path: str | Path) -> int | None:
@@ -517,21 +528,23 @@ def file_duration_ps(path: str | Path) -> int | None:
         return int(round(float(f["acquisition_duration"][()]) * 1e12))
 
 
-def measure_file(path: str | Path, measurements: Iterable, chunk_tags: int = FILE_CHUNK_TAGS) -> list:
+def measure_file(paths: Paths, measurements: Iterable, chunk_tags: int = FILE_CHUNK_TAGS) -> list:
     """Feed a recording to measurements (CountRates, CoincidenceCounter, CorrelationHistogram,
     HeraldRate) chunk by chunk, so files larger than memory work; returns them.
 
-    Tags come from /photon_data; HeraldRate reads the HERALDs in /qnode/events.
+    ``paths``: one file, or the files of a rotated recording in order (then the measurements
+    run on across the file boundaries as across batches). Tags come from /photon_data;
+    HeraldRate reads the HERALDs in /qnode/events.
     """
     measurements = list(measurements)
     tag_measurements = [m for m in measurements if not isinstance(m, HeraldRate)]
     heralds = [m for m in measurements if isinstance(m, HeraldRate)]
-    for time_ps, channel in iter_file_tags(path, chunk_tags):
+    for time_ps, channel in iter_file_tags(paths, chunk_tags):
         for m in tag_measurements:
             m.add_tags(time_ps, channel)
-    if heralds:
+    for path in _paths(paths) if heralds else []:
         with h5py.File(path, "r") as f:
-            events = f["/qnode/events"] if "qnode/events" in f else np.empty(0)
+            events = f["/qnode/events"] if "qnode/events" in f else np.empty(0, EVENT_DTYPE)
             for start in range(0, len(events), chunk_tags):
                 batch = events[start:start + chunk_tags]
                 for m in heralds:
@@ -539,14 +552,14 @@ def measure_file(path: str | Path, measurements: Iterable, chunk_tags: int = FIL
     return measurements
 
 
-def correlate_file(path: str | Path, channel_a: int, channel_b: int, bin_ps: int, range_ps: int,
+def correlate_file(paths: Paths, channel_a: int, channel_b: int, bin_ps: int, range_ps: int,
                    chunk_tags: int = FILE_CHUNK_TAGS) -> CorrelationHistogram:
     """The correlation histogram of two channels of a recording."""
-    (hist,) = measure_file(path, [CorrelationHistogram(channel_a, channel_b, bin_ps, range_ps)], chunk_tags)
+    (hist,) = measure_file(paths, [CorrelationHistogram(channel_a, channel_b, bin_ps, range_ps)], chunk_tags)
     return hist
 
 
-def coincidences_file(path: str | Path, patterns: Iterable, chunk_tags: int = FILE_CHUNK_TAGS) -> np.ndarray:
+def coincidences_file(paths: Paths, patterns: Iterable, chunk_tags: int = FILE_CHUNK_TAGS) -> np.ndarray:
     """Coincidence counts of a recording, one per pattern."""
-    (counter,) = measure_file(path, [CoincidenceCounter(patterns)], chunk_tags)
+    (counter,) = measure_file(paths, [CoincidenceCounter(patterns)], chunk_tags)
     return counter.counts

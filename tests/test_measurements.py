@@ -289,14 +289,20 @@ def test_pair_source_car_matches_the_physics(lab_second):
 # Recorded files
 
 
+def write_recording(path, events):
+    """The Photon-HDF5 layout of docs/formats.md, written with plain h5py."""
+    t, c = tags_of(events)
+    with h5py.File(path, "w") as f:
+        f["/photon_data/timestamps"] = t
+        f["/photon_data/detectors"] = c
+        f["/qnode/events"] = events[events["kind"] != Kind.TAG]
+
+
 def test_file_measurements_equal_live_ones(tmp_path):
     events = random_stream(4)
     t, c = tags_of(events)
     path = tmp_path / "run.h5"
-    with h5py.File(path, "w") as f:  # the Photon-HDF5 layout of docs/formats.md
-        f["/photon_data/timestamps"] = t
-        f["/photon_data/detectors"] = c
-        f["/qnode/events"] = events[events["kind"] != Kind.TAG]
+    write_recording(path, events)
 
     live = [CorrelationHistogram(1, 2, 100, 1000), CoincidenceCounter(PATTERNS), CountRates(), HeraldRate()]
     for m in live:
@@ -310,3 +316,16 @@ def test_file_measurements_equal_live_ones(tmp_path):
     np.testing.assert_array_equal(coincidences_file(path, PATTERNS[:2], chunk_tags=10_000),
                                   live[1].counts[:2])
     assert from_file[3].total == np.count_nonzero(events["kind"] == Kind.HERALD) > 0
+
+
+def test_a_rotated_recording_measures_as_one_stream(tmp_path):
+    events = random_stream(5)
+    cut_at = len(events) // 3
+    paths = [tmp_path / "run.h5", tmp_path / "run_0001.h5"]
+    write_recording(paths[0], events[:cut_at])
+    write_recording(paths[1], events[cut_at:])
+    hist, counter, heralds = measure_file(paths, [CorrelationHistogram(2, 3, 100, 5000),
+                                                  CoincidenceCounter(PATTERNS), HeraldRate()])
+    np.testing.assert_array_equal(hist.counts, ref_correlation(*tags_of(events), 2, 3, 100, 5000))
+    assert counter.counts.tolist() == [ref_coincidences(*tags_of(events), ch, w, f) for ch, w, f in PATTERNS]
+    assert heralds.total == np.count_nonzero(events["kind"] == Kind.HERALD)
