@@ -41,16 +41,19 @@ def _columns(events: np.ndarray):
 
 @njit(cache=True, nogil=True)
 def _count_tags(time_ps, channel, kind, all_tags, counts, span):
-    """counts[ch] += tags of ch; span = [first_ps, last_ps] of the tags seen."""
+    """counts[ch] += tags of ch; span = [first tag's time, latest tag time] in ps."""
     first = span[0]
     last = span[1]
     for i in range(time_ps.shape[0]):
         if not all_tags and kind[i] != 1:
             continue
         counts[channel[i]] += 1
+        t = time_ps[i]
         if first == NO_TIME:
-            first = time_ps[i]
-        last = time_ps[i]
+            first = t
+        # the latest, not the last: an out-of-order tag (a crashed file's -1 ps) must not
+        # shorten the span
+        last = t if t > last else last
     span[0] = first
     span[1] = last
 

@@ -235,6 +235,8 @@ def test_channel_bytes_beyond_the_event_format_are_harmless():
     for m in (rates, hist, counter):
         m.add_tags(t, c)
     assert rates.counts.tolist() == [0, 1, 1, 0, 0, 0, 0, 0]
+    rates.add_tags(np.array([-1]), np.array([255], np.uint8))  # what a crashed file leaves
+    assert rates.duration_ps == 300 and rates.counts.sum() == 2
     assert hist.counts.sum() == 1 and hist.counts[13] == 1
     assert counter.counts.tolist() == [1]
 
