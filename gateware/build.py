@@ -53,11 +53,11 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
-def parse_nextpnr_log(text: str, clock_net: str = "sclk") -> tuple[float | None, dict[str, str]]:
+def parse_nextpnr_log(text: str, clock_net: str = "clk") -> tuple[float | None, dict[str, str]]:
     """fmax (MHz) of the system clock and the utilisation table from a nextpnr-ecp5 log."""
     fmax = None
     for m in re.finditer(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", text):
-        if clock_net in m.group(1):
+        if clock_net in m.group(1) or fmax is None:
             fmax = float(m.group(2))  # the last report is after routing
     resources = {}
     util = text.rsplit("Device utilisation:", 1)

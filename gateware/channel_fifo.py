@@ -15,7 +15,7 @@ from amaranth.lib.wiring import In, Out
 
 from qnode.firmware.events import LOSS_COUNT_MAX
 
-from .params import TIME_BITS
+from .params import COUNT_BITS, TIME_BITS
 from .timestamper import Entry
 
 PENDING_BITS = 32
@@ -40,20 +40,19 @@ class ChannelFifo(wiring.Component):
         m.d.comb += arriving.eq(Mux(self.entry.valid, 1 + self.entry.payload.count, 0))
 
         record = Signal(Entry)
-        chunk = Signal(PENDING_BITS)
+        big = pending[COUNT_BITS:].any()  # more than one record's worth (LOSS_COUNT_MAX)
         m.d.comb += [
-            chunk.eq(Mux(pending > LOSS_COUNT_MAX, LOSS_COUNT_MAX, pending)),
             record.time.eq(pending_time),
             record.loss.eq(1),
-            record.count.eq(chunk),
+            record.count.eq(Mux(big, LOSS_COUNT_MAX, pending)),
         ]
 
         with m.If(pending != 0):
             with m.If(queue.w_rdy):
                 m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(record)]
-                rest = pending - chunk
+                rest = Mux(big, pending - LOSS_COUNT_MAX, 0)
                 m.d.sync += pending.eq(rest + arriving)
-                with m.If((rest == 0) & self.entry.valid):
+                with m.If(~big & self.entry.valid):
                     m.d.sync += pending_time.eq(self.entry.payload.time)
             with m.Else():
                 m.d.sync += pending.eq(pending + arriving)

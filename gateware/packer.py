@@ -68,8 +68,9 @@ class Packer(wiring.Component):
         gap = Signal(GAP_BITS)
 
         has_second = (kind == REC_TAG) & (count != 0)
+        time2 = Signal(TIME_BITS)  # time + gap, added when the entry is taken (off the hot path)
         rec_time = Signal(TIME_BITS)
-        m.d.comb += rec_time.eq(Mux(second, time + gap, time))
+        m.d.comb += rec_time.eq(Mux(second, time2, time))
         rec_epoch = rec_time[WORD_TIME_BITS:]
         drop_count = Signal(PENDING_BITS)
         m.d.comb += drop_count.eq(Mux((kind == REC_TAG) & ~second, 1, count))
@@ -107,14 +108,20 @@ class Packer(wiring.Component):
         # Pending OUTPUT losses per channel.
         pending = Array(Signal(PENDING_BITS, name=f"pending_{i}") for i in range(self.channels))
         pending_time = Array(Signal(TIME_BITS, name=f"pending_time_{i}") for i in range(self.channels))
-        any_pending = Cat(p != 0 for p in pending).any()
+        nonzero = Signal(self.channels)
+        m.d.comb += nonzero.eq(Cat(p != 0 for p in pending))
+        any_pending = nonzero.any()
+        lowest = Signal(self.channels)  # one-hot: the lowest channel with pending losses
+        m.d.comb += lowest.eq(nonzero & ~(nonzero - 1))
         flush_channel = Signal(range(max(self.channels, 2)))
         for i in reversed(range(self.channels)):
-            with m.If(pending[i] != 0):
+            with m.If(nonzero[i]):
                 m.d.comb += flush_channel.eq(i)
+        # per channel, in parallel: more than one record's worth pending?
+        big = [p[COUNT_BITS:].any() for p in pending]
         chunk = Signal(PENDING_BITS)
-        m.d.comb += chunk.eq(Mux(pending[flush_channel] > LOSS_COUNT_MAX, LOSS_COUNT_MAX,
-                                 pending[flush_channel]))
+        m.d.comb += chunk.eq(Mux(Cat(big[i] & lowest[i] for i in range(self.channels)).any(),
+                                 LOSS_COUNT_MAX, pending[flush_channel]))
 
         take = header_sent & (~busy | finishing)
         flush = Signal()
@@ -125,23 +132,29 @@ class Packer(wiring.Component):
         with m.If(flush):
             m.d.sync += [
                 busy.eq(1), second.eq(0), kind.eq(REC_OUTPUT_LOSS), channel.eq(flush_channel),
-                time.eq(pending_time[flush_channel]), count.eq(chunk), gap.eq(0),
+                time.eq(pending_time[flush_channel]), time2.eq(pending_time[flush_channel]),
+                count.eq(chunk), gap.eq(0),
             ]
         with m.Elif(self.merged.valid & self.merged.ready):
             entry = self.merged.payload.entry
             m.d.sync += [
                 busy.eq(1), second.eq(0), kind.eq(Mux(entry.loss, REC_FIFO_LOSS, REC_TAG)),
                 channel.eq(self.merged.payload.channel), time.eq(entry.time),
-                count.eq(entry.count), gap.eq(entry.gap),
+                time2.eq(entry.time + entry.gap), count.eq(entry.count), gap.eq(entry.gap),
             ]
 
         for i in range(self.channels):
-            taken = Mux(flush & (flush_channel == i), chunk, 0)
-            added = Mux(drop & (channel == i), drop_count, 0)
-            left = pending[i] - taken
-            m.d.sync += pending[i].eq(left + added)
-            with m.If(drop & (channel == i) & (left == 0)):
-                m.d.sync += pending_time[i].eq(rec_time)
+            # what is left after a flush takes one record's worth: pending - min(pending, MAX)
+            after_flush = Mux(big[i], pending[i] - LOSS_COUNT_MAX, 0)
+            flushed = flush & lowest[i]
+            left = Mux(flushed, after_flush, pending[i])
+            left_zero = Mux(flushed, ~big[i], ~nonzero[i])
+            with m.If(drop & (channel == i)):
+                m.d.sync += pending[i].eq(left + drop_count)
+                with m.If(left_zero):
+                    m.d.sync += pending_time[i].eq(rec_time)
+            with m.Elif(flushed):
+                m.d.sync += pending[i].eq(after_flush)
         m.d.comb += [
             self.dropped.eq(Mux(drop, drop_count, 0)),
             self.dropped_channel.eq(channel),

@@ -140,15 +140,19 @@ def samples_from_pulses(time_bins, channel, width_bins: int, n_clocks: int, conf
 
 @numba.njit(cache=True)
 def _timestamp(edges, edge_starts, n, dead_time, delay, start_now):
-    """Edges of all channels (concatenated, per channel sorted) -> entries sorted by
-    (write clock, channel): write clock, channel, time with delay, same-clock lost, gap."""
+    """Edges of all channels (concatenated, per channel sorted) -> entries in place: channel
+    ch's entries run from edge_starts[ch] to run_end[ch] (write clock, time with delay,
+    same-clock lost count, gap to the first lost edge)."""
     channels = len(edge_starts) - 1
     total = len(edges)
     t_clock = np.empty(total, np.int64)
     t_time = np.empty(total, np.int64)
-    t_count = np.empty(total, np.int64)
-    t_gap = np.empty(total, np.int64)
+    t_count = np.empty(total, np.int32)
+    t_gap = np.empty(total, np.int32)
     run_end = np.empty(channels, np.int64)
+    shift = 0
+    while (1 << shift) < n:  # n is 4 or 8: a shift instead of a division
+        shift += 1
     for ch in range(channels):
         m = edge_starts[ch]
         dead_until = np.int64(-(1 << 62))
@@ -157,7 +161,7 @@ def _timestamp(edges, edge_starts, n, dead_time, delay, start_now):
             e = edges[i]
             if e < dead_until:
                 continue  # inside the dead time: ignored by design, not counted
-            k = e // n
+            k = e >> shift
             if k == k_rec:  # another edge past the dead time in the tag's clock: SAME_CLOCK loss
                 if t_count[m - 1] == 0:
                     t_gap[m - 1] = e - (t_time[m - 1] - delay[ch])
@@ -171,44 +175,43 @@ def _timestamp(edges, edge_starts, n, dead_time, delay, start_now):
             t_gap[m] = 0
             m += 1
         run_end[ch] = m
-    size = 0
-    for ch in range(channels):
-        size += run_end[ch] - edge_starts[ch]
-    clock = np.empty(size, np.int64)
-    chan = np.empty(size, np.int64)
-    time = np.empty(size, np.int64)
-    count = np.empty(size, np.int64)
-    gap = np.empty(size, np.int64)
-    pos = edge_starts[:-1].copy()
-    for i in range(size):
-        best = -1
-        for r in range(channels):
-            if pos[r] < run_end[r] and (best < 0 or t_clock[pos[r]] < t_clock[pos[best]]):
-                best = r
-        j = pos[best]
-        clock[i] = t_clock[j]
-        chan[i] = best
-        time[i] = t_time[j]
-        count[i] = t_count[j]
-        gap[i] = t_gap[j]
-        pos[best] += 1
-    return clock, chan, time, count, gap
+    return t_clock, t_time, t_count, t_gap, run_end
 
 
-def timestamp(edges: list[np.ndarray], config: TwinConfig):
-    """Edges per channel (bins) -> entries of all channels sorted by (write clock, channel):
-    (write clock, channel, time_bins with delay, same-clock lost count, gap to the first lost)."""
+def timestamp(edges: list[np.ndarray], config: TwinConfig) -> "Entries":
+    """Edges per channel (bins) -> each channel's entries, in write-clock order."""
     flat = np.concatenate([np.asarray(e, np.int64) for e in edges]) if edges else np.zeros(0, np.int64)
     starts = np.cumsum([0] + [len(e) for e in edges]).astype(np.int64)
-    return _timestamp(flat, starts, config.oversampling,
-                      np.asarray(config.dead_time_bins, np.int64),
-                      np.asarray(config.delay_bins, np.int64), config.start_now)
+    clock, time, count, gap, ends = _timestamp(
+        flat, starts, config.oversampling, np.asarray(config.dead_time_bins, np.int64),
+        np.asarray(config.delay_bins, np.int64), config.start_now)
+    return Entries(clock, time, count, gap, starts[:-1].copy(), ends)
+
+
+@dataclass
+class Entries:
+    """What the timestampers hand to the channel FIFOs: channel ch's entries are
+    ``[start[ch], end[ch])`` of the arrays, in the order they are written."""
+
+    clock: np.ndarray  # clock of the FIFO write (WRITE_LATENCY after the sample word)
+    time: np.ndarray  # time_bins, delay included
+    count: np.ndarray  # edges lost in the same clock after the tag (SAME_CLOCK)
+    gap: np.ndarray  # first lost edge minus the tag, bins
+    start: np.ndarray
+    end: np.ndarray
+
+    def channel(self, ch: int) -> slice:
+        return slice(self.start[ch], self.end[ch])
+
+    def __len__(self) -> int:
+        return int((self.end - self.start).sum())
 
 
 # ---------------------------------------------------------------------------------------
 # Stage 2: channel FIFOs, merger, packer, output FIFO
 
 _TIME_LOW = (1 << 32) - 1
+NONE_LEFT = np.int64(1) << 62
 _COUNT_MAX = (1 << 18) - 1
 _REC_TAG, _REC_FIFO_LOSS, _REC_OUTPUT_LOSS = 0, 1, 2
 
@@ -220,8 +223,23 @@ def _loss_word(channel, reason, count, time):
 
 
 @numba.njit(cache=True)
-def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth, q_depth,
-             start_now, n_clocks, ready, header, out_words, counters, direct):
+def _next_entry(next_clock, skip, skip_clock):
+    """Channel whose next entry is written first (ties: lowest channel), -1 when none is left.
+    ``next_clock[ch]``: write clock of channel ch's next entry (NONE_LEFT when done); ``skip``:
+    a channel whose next entry counts as taken, so its following one (``skip_clock``) competes."""
+    best = -1
+    best_clock = NONE_LEFT
+    for ch in range(len(next_clock)):
+        clock = skip_clock if ch == skip else next_clock[ch]
+        if clock < best_clock:
+            best = ch
+            best_clock = clock
+    return best
+
+
+@numba.njit(cache=True)
+def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channels, n, depth,
+             q_depth, start_now, n_clocks, ready, header, out_words, counters, direct):
     """Returns (words written to out_words, clocks simulated). ``n_clocks`` < 0: until drained.
 
     ``direct``: the consumer is always ready and the run goes until drained. The output FIFO
@@ -268,23 +286,28 @@ def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth
     q_word = np.int64(0)
     n_out = 0
 
-    n_ent = len(ent_clock)
+    ptr = ent_start.copy()
+    next_clock = np.empty(c_n, np.int64)
+    for ch in range(c_n):
+        next_clock[ch] = ent_clock[ptr[ch]] if ptr[ch] < ent_end[ch] else NONE_LEFT
+    shift = 0
+    while (1 << shift) < n:
+        shift += 1
     n_ready = len(ready)
-    e = 0
     c = np.int64(0)
     limit = n_clocks if n_clocks >= 0 else np.int64(1) << 62
     while c < limit:
         now = start_now + c
         # ---- arrivals at the FIFO write ports in this clock
         for ch in range(c_n):
-            arr_valid[ch] = False
-        while e < n_ent and ent_clock[e] == c:
-            ch = ent_ch[e]
-            arr_valid[ch] = True
-            arr_time[ch] = ent_time[e]
-            arr_count[ch] = ent_count[e]
-            arr_gap[ch] = ent_gap[e]
-            e += 1
+            arr_valid[ch] = next_clock[ch] == c
+            if arr_valid[ch]:
+                i = ptr[ch]
+                arr_time[ch] = ent_time[i]
+                arr_count[ch] = ent_count[i]
+                arr_gap[ch] = ent_gap[i]
+                ptr[ch] = i + 1
+                next_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
 
         # ---- merger: the earliest head (ties: lowest channel), if no empty channel can beat it
         best = -1
@@ -460,7 +483,8 @@ def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth
 
         # ---- next clock; skip clocks in which nothing can change
         c_next = c + 1
-        next_arrival = ent_clock[e] if e < n_ent else limit
+        nxt = _next_entry(next_clock, -1, NONE_LEFT)
+        next_arrival = next_clock[nxt] if nxt >= 0 else limit
         quiet = header_sent and not busy and q_n == 0 and not q_valid
         heads = 0
         for ch in range(c_n):
@@ -470,12 +494,13 @@ def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth
                 heads += 1
         if quiet and direct and heads == 0:
             # Entries that find the pipeline idle and leave it before the next one arrives.
-            while e < n_ent:
+            while nxt >= 0:
+                e = ptr[nxt]
                 w = ent_clock[e]
                 t = ent_time[e]
                 pop_at = w + VISIBLE
                 if c_n > 1:
-                    pop_at = max(pop_at, t // n + HORIZON_CLOCKS - start_now + 1)
+                    pop_at = max(pop_at, (t >> shift) + HORIZON_CLOCKS - start_now + 1)
                 k = 1
                 if (t >> 32) != epoch_sent:
                     k += 1
@@ -484,9 +509,11 @@ def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth
                     if ((t + ent_gap[e]) >> 32) != (t >> 32):
                         k += 1
                 done = pop_at + k
-                if e + 1 < n_ent and ent_clock[e + 1] <= done:
+                following = ent_clock[e + 1] if e + 1 < ent_end[nxt] else NONE_LEFT
+                after = _next_entry(next_clock, nxt, following)
+                if after >= 0 and (following if after == nxt else next_clock[after]) <= done:
                     break
-                ch = ent_ch[e]
+                ch = nxt
                 if (t >> 32) != epoch_sent:
                     epoch_sent = t >> 32
                     out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
@@ -501,12 +528,14 @@ def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth
                         n_out += 1
                     out_words[n_out] = _loss_word(ch, LossReason.SAME_CLOCK, ent_count[e], t2)
                     n_out += 1
-                e += 1
+                ptr[nxt] += 1
+                next_clock[nxt] = following
+                nxt = after
                 c_next = done + 1
-            next_arrival = ent_clock[e] if e < n_ent else limit
+            next_arrival = next_clock[nxt] if nxt >= 0 else limit
         if quiet and next_arrival > c_next:
             if heads == 0:
-                if e >= n_ent and n_clocks < 0:
+                if nxt < 0 and n_clocks < 0:
                     c = c_next
                     break
                 c_next = next_arrival
@@ -516,7 +545,7 @@ def _backend(ent_clock, ent_ch, ent_time, ent_count, ent_gap, channels, n, depth
                     if head_valid[ch] and (best < 0 or head_time[ch] < head_time[best]):
                         best = ch
                 # first clock whose horizon passes the earliest head
-                eligible = head_time[best] // n + HORIZON_CLOCKS - start_now + 1
+                eligible = (head_time[best] >> shift) + HORIZON_CLOCKS - start_now + 1
                 c_next = max(c_next, min(eligible, next_arrival))
         c = c_next
     return n_out, c
@@ -547,23 +576,28 @@ class Twin:
             edges = edges_from_samples(samples, cfg)
             if n_clocks is None:
                 n_clocks = len(samples)
-        clock, chan, time, count, gap = timestamp(edges, cfg)
+        entries = timestamp(edges, cfg)
         counters = np.zeros((4, cfg.channels), np.int64)
-        counters[0] = np.bincount(chan, minlength=cfg.channels)
-        counters[1] = np.bincount(chan, weights=count, minlength=cfg.channels).astype(np.int64)
-        if n_clocks is not None:
-            keep = clock < n_clocks
-            clock, chan, time, count, gap = clock[keep], chan[keep], time[keep], count[keep], gap[keep]
+        end = entries.end.copy()
+        if n_clocks is not None:  # entries written after the last clock never happen
+            for ch in range(cfg.channels):
+                sl = entries.channel(ch)
+                end[ch] = entries.start[ch] + np.searchsorted(entries.clock[sl], n_clocks)
+        for ch in range(cfg.channels):
+            counters[0, ch] = end[ch] - entries.start[ch]
+            counters[1, ch] = int(entries.count[entries.start[ch]:end[ch]].sum())
+        total = int((end - entries.start).sum())
         ready_arr = np.ones(0, np.bool_) if ready is None else np.ascontiguousarray(ready, np.bool_)
-        out = np.empty(8 * len(clock) + 64, np.int64)
+        out = np.empty(8 * total + 64, np.int64)
         header = np.array([header_word(cfg.bin_ps, cfg.channels)], np.uint64).view(np.int64)[0]
-        n_out, clocks = _backend(clock, chan, time, count, gap, cfg.channels, cfg.oversampling,
+        n_out, clocks = _backend(entries.clock, entries.time, entries.count, entries.gap,
+                                 entries.start, end, cfg.channels, cfg.oversampling,
                                  cfg.fifo_depth, cfg.output_depth, cfg.start_now,
                                  -1 if n_clocks is None else n_clocks, ready_arr, header, out,
                                  counters, n_clocks is None and ready is None)
         return TwinResult(
-            words=out[:n_out].view(np.uint64).copy(),
+            words=out[:n_out].view(np.uint64),
             clocks=int(clocks),
             counters={name: counters[i] for i, name in enumerate(COUNTER_NAMES)},
-            entries=len(clock),
+            entries=total,
         )

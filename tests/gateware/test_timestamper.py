@@ -91,7 +91,10 @@ def test_matches_twin_on_random_words(n, seed):
     words = rng.integers(0, 1 << n, 300) * (rng.random(300) < 0.4)
     for dead in (0, 3, n + 1):
         cfg = TwinConfig(channels=1, oversampling=n, dead_time_bins=[dead], delay_bins=[5])
-        clock, _, time, count, gap = timestamp(edges_from_samples(words[:, None], cfg), cfg)
+        entries = timestamp(edges_from_samples(words[:, None], cfg), cfg)
+        one = entries.channel(0)
+        clock, time, count, gap = (entries.clock[one], entries.time[one], entries.count[one],
+                                   entries.gap[one])
         entries = run(words, n, dead=dead, delay=5)
         got = np.array([(t, cnt, g if cnt else 0) for _, t, cnt, g in entries]).reshape(-1, 3)
         assert len(got) > 50
