@@ -392,6 +392,9 @@ class _TagTable(_Table):
         self.ds.resize((0,))
 
 
+_UNCLOSABLE: list = []  # files whose close failed (see _RecordingFile.abandon)
+
+
 def _open_h5(path: Path) -> h5py.File:
     """Where files are created (tests put a file object with a full disk here)."""
     return h5py.File(path, "w", libver=LIBVER)
@@ -522,8 +525,10 @@ class _RecordingFile:
         try:
             if self.file.id.valid:
                 self.file.close()
-        except Exception:  # the disk is full: HDF5 may fail to write its last metadata
-            pass
+        except Exception:  # HDF5 could not write its last metadata even with the reserve freed
+            # Keep the h5py objects: their deallocation would retry the close at an arbitrary
+            # moment (garbage collection, another thread).
+            _UNCLOSABLE.append(self)
         # A close that could not finish leaves the superblock saying "open for writing", which
         # every reader refuses (SWMR readers too, once HDF5 cleared the SWMR bit). The data are
         # consistent up to the last flush; clear the flags as h5clear -s would.
@@ -550,6 +555,7 @@ class Recorder:
         description: str = "",
         compression: str = "gzip",
         min_free_mb: float = 64.0,
+        reserve_mb: float = 1.0,
         manifest: Mapping | None = None,
         loops: Mapping[str, Sequence[str]] | None = None,
         flush_s: float = 1.0,
@@ -588,6 +594,10 @@ class Recorder:
         self.error: RecordingError | None = None
         self._file: _RecordingFile | None = None
         self._last_flush = time.monotonic()
+        # Disk space held back so that a file can still be closed properly when the disk fills
+        # up (HDF5 needs a little room for its last metadata): freed when a write fails.
+        self.reserve_path = self.first_path.with_name(f".{self.first_path.name}.reserve")
+        self._make_reserve(int(reserve_mb * 1e6))
         self._guarded(self._open_next)
 
     # --- the layout ------------------------------------------------------------------------
@@ -632,8 +642,10 @@ class Recorder:
             self._fail(exc)
 
     def _fail(self, exc: OSError) -> None:
+        exc = exc.with_traceback(None)  # keep no frames (and the HDF5 objects they hold) alive
         f = self._file
         path = f.path if f is not None else self.path
+        self._drop_reserve()  # room for HDF5 to close the file properly
         if f is not None:
             f.abandon()
             self._closed_tags.append(f.timestamps.flushed)
@@ -650,6 +662,23 @@ class Recorder:
         )
         raise self.error from exc
 
+    def _make_reserve(self, nbytes: int) -> None:
+        if nbytes <= 0:
+            return
+        try:
+            with open(self.reserve_path, "wb") as fh:
+                block = bytes(1 << 16)  # real blocks, not a sparse file
+                for _ in range(0, nbytes, len(block)):
+                    fh.write(block)
+        except OSError:  # no room even for the reserve: recording will stop at the first write
+            self._drop_reserve()
+
+    def _drop_reserve(self) -> None:
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            pass
+
     def _check_free_space(self) -> None:
         """Stop while the disk still has room to close the file properly (min_free_mb): the
         file is flushed and closed as usual, and every reader opens it."""
@@ -660,6 +689,7 @@ class Recorder:
         if free >= self.min_free_bytes:
             return
         f = self._file
+        self._drop_reserve()
         try:
             f.close()
         except OSError as exc:
@@ -867,6 +897,7 @@ class Recorder:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
+        self._drop_reserve()
 
     @property
     def bytes(self) -> int:
@@ -1007,7 +1038,9 @@ class RecorderThread:
                     rec.set_manifest(item[1])
                 elif kind == "stop":
                     return
-            except RecordingError:
+            except RecordingError as exc:
+                exc.with_traceback(None)
+                del exc
                 self._drain_after_error()
                 return
             except Exception as exc:  # bad input must not kill the thread silently
