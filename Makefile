@@ -13,10 +13,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks print a table and write JSON under bench/results/ (git-ignored).
-bench: bench-source bench-host
+bench: bench-source bench-host bench-recorder
 
 bench-source: $(STAMP)
 	$(PY) bench/source.py
+
+# HDF5 recording: M tags/s and bytes/tag on Poisson streams (bench/results/recorder.json).
+.PHONY: bench-recorder
+bench-recorder: $(STAMP)
+	$(PY) bench/recorder.py
 
 # Host hot paths against tttrlib and pycorrelate, which are installed here for the benchmark
 # only (not qnode dependencies); their pins agree with the project's, so .venv holds them.
