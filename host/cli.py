@@ -50,10 +50,10 @@ def doctor():
 @main.command()
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="lab config (default: the packaged lab_configs/sim.toml)")
-@click.option("--seconds", type=float, default=3.0, show_default=True, help="simulated time to record")
+@click.option("--seconds", type=float, default=10.0, show_default=True, help="how long to record")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="directory for the recording")
 def run(config_file, seconds, out):
-    """The main job on the simulated lab: generate, record to HDF5, summarise."""
+    """The main job: daemon + simulated lab, record, summarise, stop."""
     from .demo import run_demo
 
     try:
@@ -62,6 +62,178 @@ def run(config_file, seconds, out):
         click.echo(str(exc), err=True)
         sys.exit(2)
     sys.exit(run_demo(cfg, seconds=seconds, out_dir=out, console=console))
+
+
+CONTROL_OPTION = click.option("--control", default=None, help="daemon control URL (default tcp://127.0.0.1:5555)")
+
+
+def _client(control, timeout_s=5.0):
+    from .client import Client
+    from .daemon import DEFAULT_CONTROL
+
+    return Client(control or DEFAULT_CONTROL, timeout_s=timeout_s)
+
+
+def _call(control, method, **params):
+    from .api import ApiError
+
+    with _client(control) as node:
+        try:
+            return node.call(method, **params)
+        except (ApiError, TimeoutError) as exc:
+            click.echo(str(exc), err=True)
+            sys.exit(1)
+
+
+def _serve(daemon, banner: str, until_finished: bool = False) -> None:
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    try:
+        daemon.start()
+    except Exception as exc:
+        click.echo(f"daemon could not start: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"{banner}: control {daemon.control_url}, streams {daemon.stream_url}")
+    sys.stdout.flush()
+    try:
+        while not daemon.wait(0.2):
+            if until_finished and getattr(daemon.source, "finished", False):
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        daemon.close()
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="lab config (default: the packaged lab_configs/sim.toml)")
+@click.option("--control", default="tcp://127.0.0.1:5555", show_default=True, help="ZeroMQ control (ROUTER) endpoint")
+@click.option("--stream", default="tcp://127.0.0.1:5556", show_default=True, help="ZeroMQ stream (PUB) endpoint")
+def daemon(config_file, control, stream):
+    """Run the node's daemon: FPGA link, instruments, API, recorder. Ctrl-C or SIGTERM stops it."""
+    from .daemon import Daemon
+
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    _serve(Daemon(cfg, control_url=control, stream_url=stream), f"qnode daemon ({cfg.node.name})")
+
+
+@main.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--speed", type=float, default=1.0, show_default=True, help="x the recorded speed")
+@click.option("--max", "as_fast", is_flag=True, help="as fast as possible")
+@click.option("--stay", is_flag=True, help="keep serving after the end of the file")
+@click.option("--control", default="tcp://127.0.0.1:5555", show_default=True)
+@click.option("--stream", default="tcp://127.0.0.1:5556", show_default=True)
+def replay(file, speed, as_fast, stay, control, stream):
+    """Play a recording through the daemon's pipeline and API, like a virtual time tagger."""
+    import h5py
+
+    from .config import parse_config
+    from .daemon import Daemon
+
+    with h5py.File(file, "r") as f:
+        text = f["/qnode/config"][()].decode() if "/qnode/config" in f else ""
+    try:
+        cfg = parse_config(text, f"{file}:/qnode/config") if text else load_config(None)
+    except ConfigError as exc:
+        click.echo(f"{exc}\nthe recording's config is unusable; replaying with lab_configs/sim.toml's channels", err=True)
+        cfg = load_config(None)
+    d = Daemon(cfg, control_url=control, stream_url=stream, replay=file, replay_speed=None if as_fast else speed)
+    _serve(d, f"replaying {file}", until_finished=not stay)
+    rates = d.rates
+    click.echo(f"replayed {int(rates.counts.sum()):,} tags over {rates.duration_ps * 1e-12:.3f} s")
+
+
+@main.command()
+@CONTROL_OPTION
+@click.option("--json", "as_json", is_flag=True, help="print the raw status as JSON")
+def status(control, as_json):
+    """What the daemon is doing: source, rates, recording, losses, instruments."""
+    import json
+
+    st = _call(control, "status")
+    if as_json:
+        click.echo(json.dumps(st, indent=2))
+        return
+    from rich.table import Table
+
+    src = st["source"]
+    console.print(f"[bold]{st['node']}[/bold] up {st['uptime_s']:.0f} s, {st['events_total']:,} events; "
+                  f"source: {src.get('url') or src.get('replay')}")
+    table = Table(title="rates")
+    table.add_column("channel")
+    table.add_column("rate", justify="right")
+    for name, hz in st["rates_hz"].items():
+        table.add_row(name, f"{hz:,.0f} /s")
+    console.print(table)
+    rec = st["recording"]
+    console.print(f"recording: {rec['path'] + ', ' + format(rec['tags'], ',') + ' tags' if rec.get('recording') else 'off'}")
+    console.print(f"losses: {st['losses']}")
+    console.print(f"instruments: {st['instruments']}")
+
+
+@main.group()
+def record():
+    """Start and stop recording on the daemon."""
+
+
+@record.command("start")
+@CONTROL_OPTION
+@click.option("--path", default=None, help="file to write (default: the config's recording directory)")
+def record_start(control, path):
+    params = {"path": path} if path else {}
+    st = _call(control, "record.start", **params)
+    click.echo(f"recording to {st['path']}")
+
+
+@record.command("stop")
+@CONTROL_OPTION
+def record_stop(control):
+    st = _call(control, "record.stop")
+    click.echo(f"stopped {st['path']}: {st['tags']:,} tags, {st['bytes'] / 1e6:.1f} MB, {st['lost_events']} lost")
+
+
+@main.group()
+def watch():
+    """Watch the daemon's streams live."""
+
+
+@watch.command("rates")
+@click.option("--stream", default="tcp://127.0.0.1:5556", show_default=True)
+@click.option("--count", type=int, default=None, help="stop after this many updates")
+def watch_rates(stream, count):
+    """A live table of count rates per channel (Ctrl-C stops)."""
+    from rich.live import Live
+    from rich.table import Table
+
+    from .client import Subscriber
+
+    def render(rates, missed):
+        table = Table(title=f"rates (missed updates: {missed})")
+        table.add_column("channel")
+        table.add_column("rate", justify="right")
+        for name, hz in rates.items():
+            table.add_row(name, f"{hz:,.0f} /s")
+        return table
+
+    seen = 0
+    with Subscriber(stream, topics=["rates"]) as sub, Live(render({}, 0), console=console, transient=False) as live:
+        try:
+            while count is None or seen < count:
+                msg = sub.receive(timeout_s=5.0)
+                if msg is None:
+                    live.console.print(f"no rates from {stream} for 5 s: is the daemon running?")
+                    continue
+                seen += 1
+                live.update(render(msg[1]["rates_hz"], sub.missed.get("rates", 0)))
+        except KeyboardInterrupt:
+            pass
 
 
 main.add_command(gateware)

@@ -246,6 +246,13 @@ def parse_config(text: str, path: str | Path = "<string>") -> LabConfig:
     return config
 
 
+def config_text(config: LabConfig) -> str:
+    """The config as its file says it (for recordings), or as validated JSON if it has none."""
+    if config.source_path is not None and Path(config.source_path).exists():
+        return Path(config.source_path).read_text()
+    return config.model_dump_json(indent=2)
+
+
 def load_config(path: str | Path | None = None) -> LabConfig:
     """Load and validate a lab config. ``None`` loads the packaged sim.toml."""
     if path is None:

@@ -1,8 +1,10 @@
-"""`qnode run`: the main job on the simulated lab.
+"""`qnode run`: the main job on the simulated lab, end to end.
 
-Detector clicks from the simulated lab take the same path as on hardware from the event word
-on: quantised to the gateware's bins, encoded into 64-bit words (firmware contract), decoded
-by the host's StreamDecoder, and recorded to HDF5. A table of rates per channel closes it.
+It starts the daemon on the config (on ``sim://`` that starts the simulated lab: instruments on
+real sockets and ptys, and the simulated FPGA on TCP), records for a while through the daemon's
+API like any client would, and prints what a physicist checks first: rates per channel,
+coincidences and CAR of the pair source, the g2 peak position, the herald rate and every loss.
+It ends by itself and leaves nothing running.
 """
 
 from __future__ import annotations
@@ -16,75 +18,79 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from qnode.firmware.events import StreamDecoder, encode_tags, header_word
-from qnode.sim.source import PhotonSource
-
+from .client import Client
 from .config import LabConfig
-from .recorder import Recorder
+from .daemon import Daemon
 
-BATCH_PS = 50_000_000_000  # 50 ms of lab time per batch
+G2_BIN_PS = 100
+G2_RANGE_PS = 50_000
+PEAK_WINDOW_PS = 2_000  # coincidence window around the g2 peak (covers 1 ns bins and jitter)
 
 
-def config_text(cfg: LabConfig) -> str:
-    if cfg.source_path is not None and Path(cfg.source_path).exists():
-        return Path(cfg.source_path).read_text()
-    return cfg.model_dump_json(indent=2)
+def pair_channels(cfg: LabConfig) -> tuple[int, int] | None:
+    if cfg.sim is not None and cfg.sim.pair_source is not None:
+        return cfg.sim.pair_source.channel_a, cfg.sim.pair_source.channel_b
+    if len(cfg.fpga.channels) >= 2:
+        return cfg.fpga.channels[0].index, cfg.fpga.channels[1].index
+    return None
 
 
 def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Console) -> int:
-    if cfg.sim is None:
-        console.print("[red]qnode run needs a config with a [sim] table (the simulated lab); "
-                      "lab_configs/sim.toml is the reference.[/red]")
-        return 2
-    bin_ps = cfg.fpga.bin_ps
-    names = {ch.index: ch.name for ch in cfg.fpga.channels}
     out = Path(out_dir or cfg.recording.directory)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = out / f"{cfg.node.name}-{stamp}.h5"
+    path = out / f"{cfg.node.name}-{dt.datetime.now():%Y%m%d-%H%M%S}.h5"
+    console.print(f"[bold]{cfg.node.name}[/bold]: starting the daemon"
+                  + (" and the simulated lab" if cfg.fpga.link == "sim://" else f" on {cfg.fpga.link}"))
+    with Daemon(cfg, control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0") as daemon, \
+            Client(daemon.control_url, timeout_s=10) as node:
+        status = node.call("status")
+        ident = status["source"].get("identity") or {}
+        console.print(f"time tagger: {ident.get('board')} gateware {ident.get('gateware_hash')}, "
+                      f"{ident.get('channels')} channels, {ident.get('bin_ps')} ps bins; "
+                      f"instruments: {', '.join(f'{k} {v}' for k, v in status['instruments'].items()) or 'none'}")
+        console.print(f"control {daemon.control_url}, streams {daemon.stream_url}")
+        pair = pair_channels(cfg)
+        g2_params = dict(channel_a=pair[0], channel_b=pair[1], bin_ps=G2_BIN_PS, range_ps=G2_RANGE_PS) if pair else None
+        node.call("measure.reset")
+        if g2_params:
+            node.call("measure.g2", **g2_params)
+        node.call("record.start", path=str(path))
+        with Progress(TextColumn("[bold]recording"), BarColumn(), TextColumn("{task.fields[events]:,} events"),
+                      TimeRemainingColumn(), console=console, transient=True) as progress:
+            task = progress.add_task("rec", total=seconds, events=0)
+            start = time.monotonic()
+            while (elapsed := time.monotonic() - start) < seconds:
+                time.sleep(min(0.2, seconds - elapsed))
+                progress.update(task, completed=time.monotonic() - start,
+                                events=node.call("record.status").get("tags", 0))
+        recording = node.call("record.stop")
+        rates = node.call("measure.rates")
+        g2 = node.call("measure.g2", window_ps=PEAK_WINDOW_PS, **g2_params) if g2_params else None
+        heralds = node.call("measure.heralds")
+        status = node.call("status")
 
-    source = PhotonSource(cfg)
-    decoder = StreamDecoder()
-    counts = np.zeros(64, np.int64)
-    total_ps = int(seconds * 1e12)
-    n_batches = max(1, -(-total_ps // BATCH_PS))
-    epoch = -1
-    wall0 = time.perf_counter()
-    with Recorder(path, channel_names=names, config_text=config_text(cfg),
-                  description=f"qnode run on {cfg.node.name}: {seconds} s of the simulated lab",
-                  compression=cfg.recording.compression) as rec, Progress(
-        TextColumn("[bold]recording"), BarColumn(), TextColumn("{task.fields[lab_s]:.2f} s lab time"),
-        TimeRemainingColumn(), console=console, transient=True,
-    ) as progress:
-        task = progress.add_task("rec", total=n_batches, lab_s=0.0)
-        for i in range(n_batches):
-            span = min(BATCH_PS, total_ps - i * BATCH_PS)
-            clicks = source.generate(span)
-            words, epoch = encode_tags(clicks["channel"], clicks["time_ps"] // bin_ps, epoch=epoch)
-            if i == 0:
-                words = np.concatenate([[header_word(bin_ps, len(names))], words])
-            events = decoder.decode(words)
-            rec.append(events)
-            counts += np.bincount(events["channel"], minlength=64)
-            rec.flush()
-            progress.update(task, advance=1, lab_s=source.now_ps * 1e-12)
-        rec.record_duration(seconds)
-    wall = time.perf_counter() - wall0
-    size = path.stat().st_size
-
-    table = Table(title=f"{cfg.node.name}: {seconds:g} s of the simulated lab")
-    table.add_column("ch", justify="right")
-    table.add_column("name")
-    table.add_column("events", justify="right")
-    table.add_column("rate", justify="right")
+    table = Table(title=f"{cfg.node.name}: {recording['duration_s']:.1f} s recorded")
+    for col, justify in (("ch", "right"), ("name", "left"), ("rate", "right")):
+        table.add_column(col, justify=justify)
+    names = {ch.index: ch.name for ch in cfg.fpga.channels}
     for ch, name in sorted(names.items()):
-        table.add_row(str(ch), name, f"{counts[ch]:,}", f"{counts[ch] / seconds:,.0f} /s")
-    total = int(counts.sum())
-    table.add_row("", "[bold]total", f"[bold]{total:,}", f"[bold]{total / seconds:,.0f} /s")
+        table.add_row(str(ch), name, f"{rates['rates_hz'].get(name, 0.0):,.0f} /s")
     console.print(table)
-    stats = decoder.stats
-    console.print(
-        f"losses: {stats.lost_events} events, invalid words: {stats.invalid_words}; "
-        f"bin {bin_ps} ps; {total / wall / 1e6:.1f} M events/s through source, codec and recorder"
-    )
-    console.print(f"recorded [bold]{path}[/bold] ({size / 1e6:.1f} MB, {size / max(total, 1):.2f} B/event)")
-    return 0
+
+    if g2 is not None and g2["pairs"]:
+        counts, centres = g2["counts"], g2["delays_ps"] + G2_BIN_PS / 2
+        peak = g2["peak_ps"]
+        window = np.abs(centres - peak) <= PEAK_WINDOW_PS / 2
+        duration_s = g2["duration_ps"] * 1e-12
+        console.print(
+            f"pair source {names.get(pair[0])}-{names.get(pair[1])}: g2 peak at {peak:+,.0f} ps, "
+            f"{counts[window].sum() / duration_s:,.0f} coincidences/s in +-{PEAK_WINDOW_PS // 2} ps, "
+            f"CAR {g2.get('car', float('nan')):.0f}")
+    console.print(f"heralds: {heralds['total']} ({heralds['rate_hz']:.1f} /s)"
+                  + ("" if heralds["total"] else " (this gateware has no herald unit yet)"))
+    losses = status["losses"]
+    console.print(f"losses: {losses['in_band_events']} events in band, {losses['link_words']} words on the link, "
+                  f"{losses['invalid_words']} invalid words, {recording['lost_events']} recorder")
+    tags = max(recording["tags"], 1)
+    console.print(f"recorded [bold]{recording['path']}[/bold]: {recording['tags']:,} tags, "
+                  f"{recording['bytes'] / 1e6:.1f} MB ({recording['bytes'] / tags:.2f} B/tag)")
+    return 0 if not recording.get("error") else 1

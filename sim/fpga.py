@@ -270,6 +270,8 @@ class FpgaServer:
         epoch_before = self.device.epoch
         words = self.device.words(channel, time_bins)
         for frame in self.device.frames(words, epoch_before):
+            if writer.is_closing():  # the host went away mid-step: the rest is lost on the link
+                break
             writer.write(frame)
             self.frames_sent += 1
 

@@ -1,0 +1,692 @@
+"""`qnode daemon`: one node's host process.
+
+It opens the FPGA link (on ``sim://`` it first starts the simulated lab in-process) and the
+instruments of the config, and serves:
+
+- a ZeroMQ ROUTER control socket (``control_url``): JSON requests, see ``METHODS`` below and
+  docs/daemon.md;
+- a ZeroMQ PUB socket (``stream_url``) with the topics of :mod:`qnode.host.api`.
+
+Threads: ``acquisition`` reads event batches and fans them out (measurements, recorder queue,
+PUB); ``control`` answers requests; ``instruments`` polls the instruments. Nothing on the
+acquisition path waits for a client or the disk: PUB drops at a subscriber's high-water mark
+(visible to it as a gap in ``seq``) and the recorder has its own bounded queue whose overflow
+becomes loss records. A failing request gets an error reply; the daemon stays up.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from qnode.drivers.timetagger import TimeTagger
+from qnode.firmware.events import EVENT_DTYPE, Kind
+from qnode.firmware.registers import REGISTER_MAP
+
+from . import api
+from .config import LabConfig, config_text
+from .measurements import CoincidenceCounter, CorrelationHistogram, CountRates, HeraldRate
+from .recorder import RecorderThread
+
+log = logging.getLogger("qnode.daemon")
+
+DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
+DEFAULT_STREAM = "tcp://127.0.0.1:5556"
+RATES_PERIOD_S = 0.2
+INSTRUMENT_PERIOD_S = 2.0
+PUB_HWM = 100  # event batches (~1 MB each at most) queued per subscriber before PUB drops for it
+
+
+class BadParams(ValueError):
+    """A request's params are missing or of the wrong type."""
+
+
+# --- event sources ----------------------------------------------------------------------
+
+
+class LinkSource:
+    """Live events from the time tagger over its link."""
+
+    def __init__(self, tagger: TimeTagger):
+        self.tagger = tagger
+        self.lock = threading.Lock()  # register access and reads share one link
+
+    def read(self, timeout_s: float) -> np.ndarray:
+        with self.lock:
+            return self.tagger.read_events(timeout_s)
+
+    def status(self) -> dict:
+        t = self.tagger
+        ident = t.identity
+        return {
+            "url": t.url, "suspect": t.suspect,
+            "identity": None if ident is None else ident.__dict__,
+            "link": t.stats.__dict__,
+            "decode": None if t.decode_stats is None else {
+                k: v for k, v in t.decode_stats.__dict__.items() if k != "lost_by_channel"},
+        }
+
+    @property
+    def bin_ps(self) -> int:
+        return self.tagger.bin_ps
+
+    def close(self) -> None:
+        self.tagger.close()
+
+
+class FileSource:
+    """Events from a recording, paced like the original (``speed``: x real time, or None for
+    as fast as possible): the daemon runs as a virtual time tagger."""
+
+    def __init__(self, path: str | Path, speed: float | None = 1.0, chunk_tags: int = 1 << 18):
+        import h5py
+
+        self.path = Path(path)
+        self.speed = speed
+        self._file = h5py.File(self.path, "r", swmr=True)
+        self._t = self._file["/photon_data/timestamps"]
+        self._d = self._file["/photon_data/detectors"]
+        extra = self._file.get("/qnode/events")
+        self._extra = extra[:] if extra is not None else np.empty(0, EVENT_DTYPE)
+        self._pos = 0
+        self._extra_pos = 0
+        self.chunk_tags = chunk_tags
+        self._t0_wall: float | None = None
+        self._t0_ps: int | None = None
+        self.finished = False
+
+    def read(self, timeout_s: float) -> np.ndarray:
+        n = self._t.shape[0]
+        if self._pos >= n and self._extra_pos >= len(self._extra):
+            self.finished = True
+            time.sleep(timeout_s)
+            return np.empty(0, EVENT_DTYPE)
+        stop = min(self._pos + self.chunk_tags, n)
+        t = self._t[self._pos:stop]
+        ch = self._d[self._pos:stop]
+        self._pos = stop
+        last = t[-1] if len(t) else np.iinfo(np.int64).max
+        extra_stop = len(self._extra) if stop >= n else int(np.searchsorted(self._extra["time_ps"], last, "right"))
+        extra = self._extra[self._extra_pos:extra_stop]
+        self._extra_pos = extra_stop
+        events = np.empty(len(t) + len(extra), EVENT_DTYPE)
+        events[: len(t)]["time_ps"] = t
+        events[: len(t)]["channel"] = ch
+        events[: len(t)]["kind"] = Kind.TAG
+        events[: len(t)]["aux"] = 0
+        events[len(t):] = extra
+        events = events[np.argsort(events["time_ps"], kind="stable")]
+        self._pace(events)
+        return events
+
+    def _pace(self, events: np.ndarray) -> None:
+        if self.speed is None or not len(events):
+            return
+        if self._t0_wall is None:
+            self._t0_wall, self._t0_ps = time.monotonic(), int(events["time_ps"][0])
+        due = self._t0_wall + (int(events["time_ps"][-1]) - self._t0_ps) * 1e-12 / self.speed
+        delay = due - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def status(self) -> dict:
+        return {"replay": str(self.path), "tags_total": int(self._t.shape[0]), "tags_played": self._pos,
+                "finished": self.finished, "speed": self.speed}
+
+    def close(self) -> None:
+        self._file.close()
+
+
+# --- the daemon ----------------------------------------------------------------------------
+
+
+class Publisher:
+    """The PUB socket. Only the acquisition thread touches it; others ``post`` to a queue."""
+
+    def __init__(self, socket: zmq.Socket):
+        self.socket = socket
+        self.seq: dict[str, int] = {}
+        self._posted: queue.SimpleQueue = queue.SimpleQueue()
+
+    def publish(self, topic: str, header: dict, arrays: dict | None = None) -> None:
+        seq = self.seq.get(topic, 0)
+        self.seq[topic] = seq + 1
+        frames = api.pack({"seq": seq, "time_s": time.time(), **header}, arrays)
+        try:
+            self.socket.send_multipart([topic.encode(), *frames], flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass  # PUB never blocks; a dropped message shows as a seq gap
+
+    def post(self, topic: str, header: dict, arrays: dict | None = None) -> None:
+        self._posted.put((topic, header, arrays))
+
+    def drain(self) -> None:
+        while True:
+            try:
+                topic, header, arrays = self._posted.get_nowait()
+            except queue.Empty:
+                return
+            self.publish(topic, header, arrays)
+
+
+class PublishingLogHandler(logging.Handler):
+    def __init__(self, publisher: Publisher):
+        super().__init__(logging.INFO)
+        self.publisher = publisher
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.publisher.post("log", {"level": record.levelname, "logger": record.name,
+                                    "message": record.getMessage()})
+
+
+class Daemon:
+    def __init__(self, config: LabConfig, *, control_url: str = DEFAULT_CONTROL,
+                 stream_url: str = DEFAULT_STREAM, replay: str | Path | None = None,
+                 replay_speed: float | None = 1.0, sim_speed: float = 1.0, pub_hwm: int = PUB_HWM):
+        self.config = config
+        self.control_url = control_url
+        self.stream_url = stream_url
+        self.replay = replay
+        self.replay_speed = replay_speed
+        self.sim_speed = sim_speed
+        self.pub_hwm = pub_hwm
+        self.started_wall = time.time()
+        self.channel_names = {ch.index: ch.name for ch in config.fpga.channels}
+        self.lab = None
+        self.source: LinkSource | FileSource | None = None
+        self.instruments: dict[str, Any] = {}
+        self.instrument_errors: dict[str, str] = {}
+        self.recorder: RecorderThread | None = None
+        self.last_recording: dict | None = None
+        self._lock = threading.Lock()  # measurements and recorder handle
+        self.rates = CountRates()
+        self.heralds = HeraldRate()
+        self.window_counts = np.zeros(64, np.int64)
+        self.window_rates_hz = np.zeros(64)
+        self._window_start_ps: int | None = None
+        self._window_end_ps: int | None = None
+        self.histograms: dict[tuple, CorrelationHistogram] = {}
+        self.coincidences: dict[tuple, CoincidenceCounter] = {}
+        self.events_total = 0
+        self.acquisition_error: str | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.ctx = zmq.Context()
+        self.methods: dict[str, Callable[[dict], Any]] = {
+            "ping": self._ping, "status": self._status, "config": self._config, "stop": self._stop_request,
+            "registers.list": self._registers_list, "registers.read": self._registers_read,
+            "registers.write": self._registers_write,
+            "record.start": self._record_start, "record.stop": self._record_stop,
+            "record.status": self._record_status,
+            "measure.rates": self._measure_rates, "measure.g2": self._measure_g2,
+            "measure.coincidences": self._measure_coincidences, "measure.heralds": self._measure_heralds,
+            "measure.reset": self._measure_reset,
+            "instruments.list": self._instruments_list, "instruments.snapshot": self._instruments_snapshot,
+            "loops.list": self._loops_list,
+        }
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def start(self) -> "Daemon":
+        _warm_up_kernels()
+        try:
+            self._open_sockets()
+            self._open_source()
+            self._open_instruments()
+        except BaseException:
+            self.close()
+            raise
+        for name, target in (("acquisition", self._acquire), ("control", self._serve),
+                             ("instruments", self._poll_instruments)):
+            thread = threading.Thread(target=target, name=f"qnode-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        log.info("daemon up: control %s, streams %s", self.control_url, self.stream_url)
+        return self
+
+    def _open_sockets(self) -> None:
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.SNDHWM, self.pub_hwm)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind(self.stream_url)
+        self.stream_url = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.LINGER, 0)
+        self.router.setsockopt(zmq.MAXMSGSIZE, 64 * api.MAX_REQUEST_BYTES)  # memory guard
+        self.router.bind(self.control_url)
+        self.control_url = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.publisher = Publisher(self.pub)
+        self._log_handler = PublishingLogHandler(self.publisher)
+        logging.getLogger("qnode").addHandler(self._log_handler)
+
+    def _open_source(self) -> None:
+        if self.replay is not None:
+            self.source = FileSource(self.replay, speed=self.replay_speed)
+            return
+        fpga = self.config.fpga
+        url = fpga.link
+        if url == "sim://":
+            from qnode.sim.services import SimulatedLab
+
+            self.lab = SimulatedLab(self.config, speed=self.sim_speed).start()
+            url = self.lab.fpga_url
+        tagger = TimeTagger(url, baud=fpga.baud, timeout_s=2.0)
+        tagger.open()
+        self.source = LinkSource(tagger)
+        log.info("time tagger %s: gateware %s on %s", url, tagger.identity.gateware_hash,
+                 tagger.identity.board)
+
+    def _open_instruments(self) -> None:
+        from qnode.drivers.registry import make_instrument
+
+        for name, entry in self.config.instruments.items():
+            if self.replay is not None:
+                continue
+            if self.lab is not None:
+                entry = self.lab.instrument_entry(name)
+            elif entry.sim:
+                self.instrument_errors[name] = "sim = true needs fpga.link = sim:// (the simulated lab)"
+                continue
+            try:
+                driver = make_instrument(name, entry)
+                driver.open()
+                self.instruments[name] = driver
+            except Exception as exc:  # an instrument that is off must not stop the node
+                self.instrument_errors[name] = f"{type(exc).__name__}: {exc}"
+                log.warning("instrument %s unavailable: %s", name, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Block until stopped (by ``stop()`` or a ``stop`` request); True if stopped."""
+        return self._stop.wait(timeout_s)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+        with self._lock:
+            self._close_recorder()
+        for driver in self.instruments.values():
+            try:
+                driver.close()
+            except Exception:
+                pass
+        if self.source is not None:
+            self.source.close()
+        if self.lab is not None:
+            self.lab.stop()
+        if hasattr(self, "_log_handler"):
+            logging.getLogger("qnode").removeHandler(self._log_handler)
+        self.ctx.destroy(linger=0)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- acquisition --------------------------------------------------------------------
+
+    def _acquire(self) -> None:
+        next_rates = time.monotonic() + RATES_PERIOD_S
+        while not self._stop.is_set():
+            try:
+                events = self.source.read(0.05)
+            except Exception as exc:  # the link is gone for good: say so, keep serving
+                self.acquisition_error = f"{type(exc).__name__}: {exc}"
+                log.error("acquisition stopped: %s", exc)
+                self._stop.wait(1.0)
+                continue
+            if len(events):
+                self._fan_out(events)
+            if time.monotonic() >= next_rates:
+                next_rates += RATES_PERIOD_S
+                self._publish_rates()
+            self.publisher.drain()
+
+    def _fan_out(self, events: np.ndarray) -> None:
+        with self._lock:
+            self.events_total += len(events)
+            self.rates.add(events)
+            tags = events[events["kind"] == Kind.TAG]
+            self.window_counts += np.bincount(tags["channel"], minlength=64)[:64]
+            if self._window_start_ps is None:
+                self._window_start_ps = int(events["time_ps"][0])
+            self._window_end_ps = int(events["time_ps"][-1])
+            self.heralds.add(events)
+            for h in self.histograms.values():
+                h.add(events)
+            for c in self.coincidences.values():
+                c.add(events)
+            if self.recorder is not None:
+                self.recorder.put(events)
+        self.publisher.publish("events", {"count": len(events)}, {"events": events})
+        heralds = events[events["kind"] == Kind.HERALD]
+        if len(heralds):
+            self.publisher.publish("heralds", {"count": len(heralds)}, {"heralds": heralds})
+
+    def _publish_rates(self) -> None:
+        with self._lock:
+            if self._window_start_ps is not None and self._window_end_ps > self._window_start_ps:
+                span_s = (self._window_end_ps - self._window_start_ps) * 1e-12
+                self.window_rates_hz = self.window_counts / span_s
+                self.window_counts[:] = 0
+                self._window_start_ps = self._window_end_ps
+            rates = self._named_rates()
+        self.publisher.publish("rates", {"rates_hz": rates})
+
+    def _named_rates(self) -> dict[str, float]:
+        return {name: float(self.window_rates_hz[ch]) for ch, name in sorted(self.channel_names.items())}
+
+    def _poll_instruments(self) -> None:
+        while not self._stop.wait(INSTRUMENT_PERIOD_S):
+            readings = {}
+            for name, driver in list(self.instruments.items()):
+                try:
+                    readings[name] = driver.snapshot()
+                except Exception as exc:
+                    readings[name] = {"error": f"{type(exc).__name__}: {exc}"}
+            if readings:
+                self.publisher.post("instruments", {"readings": readings})
+
+    # -- control ------------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.ZMQError:
+                continue
+            # ROUTER: [identity, (empty delimiter from REQ,)? request]
+            identity, rest = frames[0], frames[1:]
+            envelope = [identity]
+            if rest and rest[0] == b"":
+                envelope.append(b"")
+                rest = rest[1:]
+            reply = self.handle(rest)
+            try:
+                self.router.send_multipart(envelope + reply, zmq.NOBLOCK, copy=False)
+            except zmq.ZMQError:
+                pass  # the client went away
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        """One request (its frames) -> the reply frames. Never raises."""
+        request_id = None
+        try:
+            size = sum(len(f) for f in frames)
+            if size > api.MAX_REQUEST_BYTES:
+                raise _Reply("RequestTooLarge", f"request of {size} bytes exceeds {api.MAX_REQUEST_BYTES}")
+            if len(frames) != 1:
+                raise _Reply("BadRequest", f"a request is one JSON frame, got {len(frames)} frames")
+            try:
+                request = json.loads(frames[0])
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise _Reply("BadRequest", f"not JSON: {exc}") from None
+            if not isinstance(request, dict):
+                raise _Reply("BadRequest", "a request is a JSON object {id, method, params}")
+            request_id = request.get("id")
+            method = request.get("method")
+            params = request.get("params", {})
+            if not isinstance(method, str):
+                raise _Reply("BadRequest", "method must be a string")
+            if not isinstance(params, dict):
+                raise _Reply("BadParams", "params must be a JSON object")
+            handler = self.methods.get(method)
+            if handler is None:
+                raise _Reply("UnknownMethod", f"no method {method!r}; known: {', '.join(sorted(self.methods))}")
+            result = handler(params)
+            arrays = None
+            if isinstance(result, tuple):
+                result, arrays = result
+            return api.pack({"id": request_id, "result": result}, arrays)
+        except _Reply as exc:
+            return api.pack({"id": request_id, "error": {"type": exc.type, "message": exc.message}})
+        except BadParams as exc:
+            return api.pack({"id": request_id, "error": {"type": "BadParams", "message": str(exc)}})
+        except Exception as exc:  # a handler failed: report it, stay up
+            log.warning("request failed: %s: %s", type(exc).__name__, exc)
+            return api.pack({"id": request_id, "error": {"type": type(exc).__name__, "message": str(exc)}})
+
+    # -- methods ------------------------------------------------------------------------
+
+    def _ping(self, params):
+        return {"pong": True, "time_s": time.time()}
+
+    def _status(self, params):
+        with self._lock:
+            recording = self._recording_status()
+            rates = self._named_rates()
+        return {
+            "node": self.config.node.name, "uptime_s": time.time() - self.started_wall,
+            "events_total": self.events_total, "rates_hz": rates, "source": self.source.status(),
+            "acquisition_error": self.acquisition_error, "recording": recording, "losses": self._losses(),
+            "instruments": {**{n: "ok" for n in self.instruments}, **self.instrument_errors},
+            "simulated_lab": self.lab is not None,
+        }
+
+    def _losses(self) -> dict:
+        """Every count of lost events the node keeps, by where they were lost."""
+        out = {"in_band_events": 0, "link_words": 0, "invalid_words": 0}
+        tagger = getattr(self.source, "tagger", None)
+        if tagger is not None:
+            out["link_words"] = tagger.stats.lost_words
+            if tagger.decode_stats is not None:
+                out["in_band_events"] = tagger.decode_stats.lost_events
+                out["invalid_words"] = tagger.decode_stats.invalid_words
+        if self.recorder is not None:
+            status = self.recorder.status()
+            out["recorder_dropped_batches"] = status.dropped_batches
+        return out
+
+    def _config(self, params):
+        return self.config.model_dump(mode="json")
+
+    def _stop_request(self, params):
+        self._stop.set()
+        return {"stopping": True}
+
+    def _registers_list(self, params):
+        return [{"name": r.name, "address": r.address, "width": r.width, "access": r.access.value,
+                 "count": r.count, "unit": r.unit, "doc": r.doc} for r in REGISTER_MAP]
+
+    def _link(self) -> LinkSource:
+        if not isinstance(self.source, LinkSource):
+            raise _Reply("NotAvailable", "registers need a live time tagger (this daemon replays a file)")
+        return self.source
+
+    def _registers_read(self, params):
+        name, index = _param(params, "name", str), _param(params, "index", int, 0)
+        link = self._link()
+        with link.lock:
+            return {"name": name, "index": index, "value": link.tagger.read_register(name, index)}
+
+    def _registers_write(self, params):
+        name, index = _param(params, "name", str), _param(params, "index", int, 0)
+        value = _param(params, "value", int)
+        link = self._link()
+        with link.lock:
+            readback = link.tagger.write_register(name, value, index)
+        log.info("register %s[%d] = %d (read back %d)", name, index, value, readback)
+        return {"name": name, "index": index, "value": readback}
+
+    def _record_start(self, params):
+        path = params.get("path")
+        if path is not None and not isinstance(path, str):
+            raise BadParams("path must be a string")
+        with self._lock:
+            if self.recorder is not None:
+                raise _Reply("AlreadyRecording", f"already recording to {self.recorder.recorder.path}")
+            rec_cfg = self.config.recording
+            if path is None:
+                stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+                path = Path(rec_cfg.directory) / f"{self.config.node.name}-{stamp}.h5"
+            manifest = None
+            if isinstance(self.source, LinkSource) and self.source.tagger.identity is not None:
+                manifest = dict(self.source.tagger.identity.__dict__)
+            self.recorder = RecorderThread(
+                path, channel_names=self.channel_names, config_text=config_text(self.config),
+                description=f"qnode recording on {self.config.node.name}",
+                compression=rec_cfg.compression, flush_s=rec_cfg.flush_s, rotate_mb=rec_cfg.rotate_mb,
+                rotate_s=rec_cfg.rotate_s, manifest=manifest,
+            )
+            status = self._recording_status()
+        log.info("recording to %s", path)
+        return status
+
+    def _record_stop(self, params):
+        with self._lock:
+            if self.recorder is None:
+                raise _Reply("NotRecording", "no recording is running")
+            self._close_recorder()
+            status = self.last_recording
+        log.info("recording stopped: %s", status["path"])
+        return status
+
+    def _close_recorder(self) -> None:
+        if self.recorder is None:
+            return
+        rec, self.recorder = self.recorder, None
+        error = None
+        try:
+            rec.close()
+        except Exception as exc:
+            error = str(exc)
+        status = _status_dict(rec.status())
+        if error and not status.get("error"):
+            status["error"] = error
+        self.last_recording = status
+
+    def _record_status(self, params):
+        with self._lock:
+            return self._recording_status()
+
+    def _recording_status(self) -> dict:
+        if self.recorder is None:
+            return {"recording": False, "last": self.last_recording}
+        return {"recording": True, **_status_dict(self.recorder.status())}
+
+    def _measure_rates(self, params):
+        with self._lock:
+            return {"rates_hz": self._named_rates(), "counts": {self.channel_names.get(i, str(i)): int(n)
+                    for i, n in enumerate(self.rates.counts) if n or i in self.channel_names}}
+
+    def _measure_g2(self, params):
+        a, b = _param(params, "channel_a", int), _param(params, "channel_b", int)
+        bin_ps, range_ps = _param(params, "bin_ps", int, 100), _param(params, "range_ps", int, 20_000)
+        key = (a, b, bin_ps, range_ps)
+        with self._lock:
+            hist = self.histograms.get(key)
+            if hist is None:
+                try:
+                    hist = self.histograms[key] = CorrelationHistogram(a, b, bin_ps, range_ps)
+                except ValueError as exc:
+                    raise BadParams(str(exc)) from None
+            counts = hist.counts.copy()
+            result = {"channel_a": a, "channel_b": b, "bin_ps": bin_ps, "range_ps": range_ps,
+                      "pairs": int(counts.sum()), "duration_ps": int(hist.duration_ps)}
+            arrays = {"counts": counts, "delays_ps": hist.delays_ps}
+            if counts.sum():
+                arrays["g2"] = hist.g2()
+                peak = int(np.argmax(counts))
+                result["peak_ps"] = float(hist.centres_ps[peak])
+                try:
+                    car = hist.car(window_ps=_param(params, "window_ps", int, 1000))
+                    result["car"] = car.car
+                except ValueError:
+                    pass
+        return result, arrays
+
+    def _measure_coincidences(self, params):
+        raw = _param(params, "patterns", list)
+        try:
+            patterns = tuple(tuple((tuple(p[0]), int(p[1]), *(p[2:3]))) for p in raw)
+        except (TypeError, ValueError, IndexError):
+            raise BadParams("patterns: a list of [channels, window_ps] or [channels, window_ps, min_fold]") from None
+        with self._lock:
+            counter = self.coincidences.get(patterns)
+            if counter is None:
+                try:
+                    counter = self.coincidences[patterns] = CoincidenceCounter(patterns)
+                except (ValueError, TypeError) as exc:
+                    raise BadParams(str(exc)) from None
+            return {"patterns": [list(p) for p in raw], "counts": counter.counts.tolist()}
+
+    def _measure_heralds(self, params):
+        with self._lock:
+            return {"total": int(self.heralds.total), "by_outcome": self.heralds.counts.tolist(),
+                    "rate_hz": float(self.heralds.rate_hz()) if self.heralds.total else 0.0}
+
+    def _measure_reset(self, params):
+        with self._lock:
+            self.histograms.clear()
+            self.coincidences.clear()
+            self.rates = CountRates()
+            self.heralds = HeraldRate()
+        return {"reset": True}
+
+    def _instruments_list(self, params):
+        return {"open": sorted(self.instruments), "unavailable": self.instrument_errors}
+
+    def _instruments_snapshot(self, params):
+        name = _param(params, "name", str)
+        driver = self.instruments.get(name)
+        if driver is None:
+            reason = self.instrument_errors.get(name, "not in this config")
+            raise _Reply("NotAvailable", f"instrument {name!r}: {reason}")
+        return driver.snapshot()
+
+    def _loops_list(self, params):
+        return {name: {"enabled": loop.enabled, "period_s": loop.period_s, "running": False}
+                for name, loop in self.config.loops.items()}
+
+
+def _warm_up_kernels() -> None:
+    """Compile (or load from numba's cache) the measurement kernels before serving, so the
+    first request for a histogram does not wait seconds for the compiler."""
+    events = np.zeros(4, EVENT_DTYPE)
+    events["time_ps"] = [0, 1000, 2000, 3000]
+    events["kind"] = Kind.TAG
+    events["channel"] = [1, 2, 1, 2]
+    CorrelationHistogram(1, 2, 100, 1000).add(events)
+    CoincidenceCounter([((1, 2), 1000)]).add(events)
+    CountRates().add(events)
+    HeraldRate().add(events)
+
+
+class _Reply(Exception):
+    def __init__(self, type_: str, message: str):
+        super().__init__(message)
+        self.type, self.message = type_, message
+
+
+def _param(params: dict, name: str, kind: type, default: Any = ...) -> Any:
+    if name not in params:
+        if default is ...:
+            raise BadParams(f"missing parameter {name!r}")
+        return default
+    value = params[name]
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise BadParams(f"parameter {name!r} must be {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _status_dict(status) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(status) if dataclasses.is_dataclass(status) else dict(status)

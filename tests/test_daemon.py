@@ -1,0 +1,231 @@
+"""The daemon over real ZeroMQ sockets, on the simulated lab (real TCP FPGA link and instruments)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import h5py
+import numpy as np
+import pytest
+import zmq
+
+from qnode.firmware.events import EVENT_DTYPE, Kind
+from qnode.host.api import ApiError
+from qnode.host.client import Client, Subscriber
+from qnode.host.config import load_config
+from qnode.host.daemon import Daemon
+from qnode.host.recorder import clear_status_flags
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    # A short PUB queue so the slow-subscriber test overflows it within seconds.
+    d = Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0", pub_hwm=10).start()
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def node(daemon):
+    with Client(daemon.control_url, timeout_s=10) as c:
+        yield c
+
+
+def raw_request(daemon, frames):
+    """Send arbitrary frames as a request; return the decoded reply header."""
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(daemon.control_url)
+    try:
+        sock.send_multipart(frames)
+        assert sock.poll(10_000), "no reply"
+        return json.loads(sock.recv_multipart()[0])
+    finally:
+        sock.close()
+
+
+def test_status_names_the_source_instruments_and_rates(node):
+    time.sleep(0.5)
+    st = node.call("status")
+    assert st["node"] == "sim-node-a" and st["simulated_lab"]
+    assert st["source"]["identity"]["board"] == "sim"
+    assert set(st["instruments"]) == {"cryostat", "laser", "snspd", "stretcher", "powermeter"}
+    assert all(v == "ok" for v in st["instruments"].values())
+    assert 0.9e6 < st["rates_hz"]["sync"] < 1.1e6
+    assert st["losses"]["link_words"] == 0 and st["losses"]["invalid_words"] == 0
+
+
+@pytest.mark.parametrize(
+    "frames, error_type",
+    [
+        ([b"{not json"], "BadRequest"),
+        ([b"\xff\xfe"], "BadRequest"),
+        ([b"[1, 2]"], "BadRequest"),
+        ([json.dumps({"id": 1, "method": 5}).encode()], "BadRequest"),
+        ([json.dumps({"id": 2, "method": "nope"}).encode()], "UnknownMethod"),
+        ([json.dumps({"id": 3, "method": "measure.g2", "params": []}).encode()], "BadParams"),
+        ([json.dumps({"id": 4, "method": "measure.g2", "params": {"channel_a": "one", "channel_b": 2}}).encode()],
+         "BadParams"),
+        ([json.dumps({"id": 5, "method": "measure.g2", "params": {"channel_a": 1}}).encode()], "BadParams"),
+        ([json.dumps({"id": 6, "method": "measure.g2",
+                      "params": {"channel_a": 1, "channel_b": 2, "bin_ps": 0}}).encode()], "BadParams"),
+        ([json.dumps({"id": 7, "method": "registers.read", "params": {"name": "no_such"}}).encode()], "KeyError"),
+        ([b"{}", b"extra"], "BadRequest"),
+        ([b" " * (2 << 20)], "RequestTooLarge"),
+    ],
+)
+def test_bad_requests_get_error_replies_and_the_daemon_stays_up(daemon, node, frames, error_type):
+    reply = raw_request(daemon, frames)
+    assert reply["error"]["type"] == error_type, reply
+    assert reply["error"]["message"]
+    assert node.call("ping")["pong"]
+
+
+def test_many_concurrent_clients_each_get_their_own_replies(daemon):
+    errors, done = [], []
+
+    def client(k):
+        try:
+            with Client(daemon.control_url, timeout_s=20) as c:
+                for i in range(20):
+                    assert c.call("registers.read", name="channel_count")["value"] == 8
+                    assert c.call("ping")["pong"]
+            done.append(k)
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and len(done) == 8
+
+
+def test_registers_through_the_api(node):
+    assert node.call("registers.write", name="scratch", value=1234)["value"] == 1234
+    assert node.call("registers.read", name="scratch")["value"] == 1234
+    with pytest.raises(ApiError, match="READ_ONLY"):
+        node.call("registers.write", name="bin_ps", value=3)
+    names = {r["name"] for r in node.call("registers.list")}
+    assert {"protocol_version", "bin_ps", "scratch"} <= names
+
+
+def test_slow_subscriber_sees_its_gaps_and_the_recorder_loses_nothing(daemon, node, tmp_path):
+    path = tmp_path / "slow.h5"
+    with Subscriber(daemon.stream_url, topics=["events"], hwm=2, rcvbuf_bytes=4096) as slow:
+        time.sleep(0.3)  # subscription settles
+        node.call("record.start", path=str(path))
+        time.sleep(3.0)  # the subscriber does not read: its queue overflows
+        got = 0
+        while slow.receive(timeout_s=0.5) is not None and got < 10_000:
+            got += 1
+        rec = node.call("record.stop")
+    assert slow.missed.get("events", 0) > 0
+    assert rec["lost_events"] == 0 and rec["dropped_batches"] == 0 and rec["error"] is None
+    with h5py.File(path, "r") as f:
+        assert f["/photon_data/timestamps"].shape[0] == rec["tags"] > 500_000
+
+
+def test_event_stream_carries_numpy_batches_in_order(daemon):
+    with Subscriber(daemon.stream_url, topics=["events", "rates"]) as sub:
+        batches, rates = [], None
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (len(batches) < 20 or rates is None):
+            msg = sub.receive(timeout_s=1.0)
+            if msg is None:
+                continue
+            topic, header, arrays = msg
+            if topic == "events":
+                assert header["count"] == len(arrays["events"])
+                batches.append(arrays["events"])
+            else:
+                rates = header["rates_hz"]
+    events = np.concatenate(batches)
+    assert events.dtype == EVENT_DTYPE
+    tags = events[events["kind"] == Kind.TAG]
+    assert np.all(np.diff(tags["time_ps"]) >= 0)
+    assert rates is not None and rates["sync"] > 0
+
+
+def test_g2_and_coincidences_on_the_live_stream(node):
+    node.call("measure.reset")
+    node.call("measure.g2", channel_a=1, channel_b=2, bin_ps=1000, range_ps=50_000)
+    node.call("measure.coincidences", patterns=[[[1, 2], 10_000]])
+    time.sleep(1.5)
+    g2 = node.call("measure.g2", channel_a=1, channel_b=2, bin_ps=1000, range_ps=50_000, window_ps=2000)
+    assert g2["counts"].shape == (100,) and g2["pairs"] > 1000
+    assert 4000 <= g2["peak_ps"] <= 5500  # the true delay difference, 4700 ps, in 1 ns bins
+    assert g2["car"] > 50
+    coinc = node.call("measure.coincidences", patterns=[[[1, 2], 10_000]])
+    assert coinc["counts"][0] > 1000
+
+
+def test_record_twice_is_refused_and_stop_without_start_too(node, tmp_path):
+    node.call("record.start", path=str(tmp_path / "a.h5"))
+    try:
+        with pytest.raises(ApiError, match="AlreadyRecording"):
+            node.call("record.start", path=str(tmp_path / "b.h5"))
+    finally:
+        node.call("record.stop")
+    with pytest.raises(ApiError, match="NotRecording"):
+        node.call("record.stop")
+
+
+def test_replay_plays_a_recording_through_the_same_api(node, tmp_path):
+    path = tmp_path / "to_replay.h5"
+    node.call("record.start", path=str(path))
+    time.sleep(1.0)
+    rec = node.call("record.stop")
+    with h5py.File(path, "r") as f:
+        channels = f["/photon_data/detectors"][:]
+    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
+                replay=path, replay_speed=None) as replay, Client(replay.control_url) as c:
+        deadline = time.monotonic() + 30
+        while not replay.source.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+        counts = c.call("measure.rates")["counts"]
+        with pytest.raises(ApiError, match="NotAvailable"):
+            c.call("registers.read", name="bin_ps")
+    assert sum(counts.values()) == rec["tags"] == len(channels)
+    assert counts["sync"] == np.count_nonzero(channels == 0)
+
+
+def test_daemon_killed_while_recording_leaves_a_readable_file(tmp_path):
+    control, stream = "tcp://127.0.0.1:25755", "tcp://127.0.0.1:25756"
+    proc = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "daemon", "--control", control,
+                             "--stream", stream], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert "control tcp://127.0.0.1:25755" in proc.stdout.readline()
+        path = tmp_path / "killed.h5"
+        with Client(control, timeout_s=20) as c:
+            c.call("record.start", path=str(path))
+            time.sleep(2.5)
+            flushed = c.call("record.status")["flushed_tags"]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert flushed > 0
+    with h5py.File(path, "r", swmr=True) as f:
+        t = f["/photon_data/timestamps"][:]
+    assert len(t) >= flushed  # at most the last flush interval is lost
+    assert np.all(np.diff(t) >= 0)
+    # Non-SWMR readers need the writer's "open" flag cleared first (h5clear -s does the same).
+    assert clear_status_flags(path)
+    with h5py.File(path, "r") as f:
+        assert f["/photon_data/timestamps"].shape[0] == len(t)
+    if _has("h5dump"):  # where hdf5-tools is installed, the C tools read it too
+        h5dump = subprocess.run(["h5dump", "-H", str(path)], capture_output=True, text=True)
+        assert h5dump.returncode == 0, h5dump.stderr
+
+
+def _has(tool):
+    from shutil import which
+
+    return which(tool) is not None
