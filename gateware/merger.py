@@ -4,16 +4,21 @@ Every pair of heads is compared in parallel (modulo 2**COMPARE_BITS, see params.
 winner is known one comparator after the FIFO registers and a head can leave in every clock.
 A channel whose FIFO is empty still takes part: it cannot later deliver anything earlier than
 ``horizon`` (bins), so a head only leaves before an empty channel if its time is below that.
+
+The winner goes into a 4-deep output queue (SyncFIFOBuffered: two clocks, one per clock
+throughput) whose ``w_rdy`` is a register: the consumer's ``ready`` never reaches back
+through the comparators into the channel FIFOs, which keeps the system clock's paths short.
 """
 
 from amaranth import Cat, Module, Mux, Signal
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from .params import COMPARE_BITS
+from .params import COMPARE_BITS, MERGE_QUEUE
 from .timestamper import Entry
 
 Merged = data.StructLayout({"entry": Entry, "channel": 6})
+QUEUE_DEPTH = MERGE_QUEUE
 
 
 class Merger(wiring.Component):
@@ -61,11 +66,17 @@ class Merger(wiring.Component):
         for i, win in enumerate(wins):
             payload = payload | (self.heads[i].payload.as_value() & win.replicate(Entry.size))
             channel = channel | (win.replicate(6) & i)
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=Merged.size, depth=QUEUE_DEPTH)
+        winner = Signal(Merged)
         m.d.comb += [
-            self.merged.valid.eq(Cat(wins).any()),
-            self.merged.payload.entry.eq(payload),
-            self.merged.payload.channel.eq(channel),
+            winner.entry.eq(payload),
+            winner.channel.eq(channel),
+            queue.w_en.eq(Cat(wins).any()),
+            queue.w_data.eq(winner),
+            self.merged.valid.eq(queue.r_rdy),
+            self.merged.payload.eq(queue.r_data),
+            queue.r_en.eq(self.merged.ready),
         ]
         for i, win in enumerate(wins):
-            m.d.comb += self.heads[i].ready.eq(win & self.merged.ready)
+            m.d.comb += self.heads[i].ready.eq(win & queue.w_rdy)
         return m

@@ -26,6 +26,8 @@ WRITE_LATENCY = 3  # clocks from the input word to the ChannelFifo write
 VISIBLE_LATENCY = 2  # SyncFIFOBuffered: written at w, at the head no earlier than w + 2
 HORIZON_CLOCKS = WRITE_LATENCY + 1
 
+MERGE_QUEUE = 4  # depth of the merger's output queue (SyncFIFOBuffered)
+
 COUNT_BITS = 18  # LOSS count field of the event word
 GAP_BITS = 4  # same-clock loss: first dropped edge minus the tag, in bins (< N <= 8)
 

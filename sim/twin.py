@@ -24,7 +24,9 @@ import numba
 import numpy as np
 
 from qnode.firmware.events import Kind, LossReason, header_word
-from qnode.gateware.params import HORIZON_CLOCKS, VISIBLE_LATENCY, WRITE_LATENCY, check_geometry
+from qnode.gateware.params import (
+    HORIZON_CLOCKS, MERGE_QUEUE, VISIBLE_LATENCY, WRITE_LATENCY, check_geometry,
+)
 
 VISIBLE = VISIBLE_LATENCY
 
@@ -266,6 +268,22 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     arr_count = np.zeros(c_n, np.int64)
     arr_gap = np.zeros(c_n, np.int64)
 
+    # the merger's output queue (SyncFIFOBuffered, MERGE_QUEUE deep)
+    m_cap = MERGE_QUEUE - 1
+    mq_time = np.zeros(m_cap, np.int64)
+    mq_loss = np.zeros(m_cap, np.int64)
+    mq_count = np.zeros(m_cap, np.int64)
+    mq_gap = np.zeros(m_cap, np.int64)
+    mq_ch = np.zeros(m_cap, np.int64)
+    mq_head = 0
+    mq_n = 0
+    mh_valid = False
+    mh_time = np.int64(0)
+    mh_loss = np.int64(0)
+    mh_count = np.int64(0)
+    mh_gap = np.int64(0)
+    mh_ch = 0
+
     header_sent = False
     epoch_sent = np.int64(0)
     busy = False
@@ -362,7 +380,8 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 f_ch = ch
                 break
         flush = take and f_ch >= 0 and level <= q_depth - 4
-        pop = winner >= 0 and take and not flush
+        pop = mh_valid and take and not flush  # the packer takes the queue's head
+        merge = winner >= 0 and mq_n != m_cap  # the winner goes into the merger's queue
         rd = q_valid and (c >= n_ready or ready[c])
         drop_count = np.int64(1) if (kind == _REC_TAG and not second) else p_count
 
@@ -422,15 +441,36 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         elif pop:
             busy = True
             second = False
-            kind = _REC_FIFO_LOSS if head_loss[winner] else _REC_TAG
-            p_ch = winner
-            p_time = head_time[winner]
-            p_count = head_count[winner]
-            p_gap = head_gap[winner]
+            kind = _REC_FIFO_LOSS if mh_loss else _REC_TAG
+            p_ch = mh_ch
+            p_time = mh_time
+            p_count = mh_count
+            p_gap = mh_gap
+
+        # ---- merger queue
+        w_idx = (mq_head + mq_n) % m_cap
+        if mq_n > 0 and ((not mh_valid) or pop):
+            mh_time = mq_time[mq_head]
+            mh_loss = mq_loss[mq_head]
+            mh_count = mq_count[mq_head]
+            mh_gap = mq_gap[mq_head]
+            mh_ch = mq_ch[mq_head]
+            mh_valid = True
+            mq_head = (mq_head + 1) % m_cap
+            mq_n -= 1
+        elif pop:
+            mh_valid = False
+        if merge:
+            mq_time[w_idx] = head_time[winner]
+            mq_loss[w_idx] = head_loss[winner]
+            mq_count[w_idx] = head_count[winner]
+            mq_gap[w_idx] = head_gap[winner]
+            mq_ch[w_idx] = winner
+            mq_n += 1
 
         # ---- channel FIFOs
         for ch in range(c_n):
-            r_en = pop and winner == ch
+            r_en = merge and winner == ch
             w_rdy = inner_n[ch] != cap
             arriving = (1 + arr_count[ch]) if arr_valid[ch] else 0
             write = False
@@ -485,7 +525,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         c_next = c + 1
         nxt = _next_entry(next_clock, -1, NONE_LEFT)
         next_arrival = next_clock[nxt] if nxt >= 0 else limit
-        quiet = header_sent and not busy and q_n == 0 and not q_valid
+        quiet = header_sent and not busy and q_n == 0 and not q_valid and mq_n == 0 and not mh_valid
         heads = 0
         for ch in range(c_n):
             if inner_n[ch] != 0 or pend[ch] != 0 or out_pend[ch] != 0:
@@ -508,7 +548,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     k += 1
                     if ((t + ent_gap[e]) >> 32) != (t >> 32):
                         k += 1
-                done = pop_at + k
+                done = pop_at + VISIBLE + k  # through the merger's queue, then k words
                 following = ent_clock[e + 1] if e + 1 < ent_end[nxt] else NONE_LEFT
                 after = _next_entry(next_clock, nxt, following)
                 if after >= 0 and (following if after == nxt else next_clock[after]) <= done:
