@@ -149,3 +149,39 @@ def test_output_back_pressure_becomes_output_loss_records(n, seed):
     for i, name in enumerate(COUNTERS):
         got = [regs[REGISTER_MAP.address(name, ch)] for ch in range(8)]
         assert got == list(twin.counters[name]), name
+
+
+def delivered_clocks(core, samples):
+    """(clock, word) for every word the core delivers with the consumer always ready."""
+    from amaranth.sim import Simulator
+
+    from qnode.gateware.simulate import pack_pins
+
+    out = []
+
+    async def bench(ctx):
+        ctx.set(core.words.ready, 1)
+        for c in range(len(samples)):
+            ctx.set(core.pins.as_value(), pack_pins(samples[c], core.oversampling))
+            if ctx.get(core.words.valid):
+                out.append((c, ctx.get(core.words.payload)))
+            await ctx.tick()
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out
+
+
+def test_isolated_tag_latency_is_fixed_at_ten_clocks():
+    cfg = TwinConfig(channels=8, oversampling=4, sys_clk_hz=200_000_000)
+    k = np.arange(10, 200, 19)  # sample clocks, far apart
+    fine = np.arange(len(k)) % 4  # every fine position, bit 0 to bit N-1
+    ch = np.arange(len(k)) % 8
+    samples = samples_from_pulses(k * 4 + fine, ch, 1, 220, cfg)
+    got = [(c, w) for c, w in delivered_clocks(TimeTaggerCore(channels=8, oversampling=4,
+                                                              sys_clk_hz=200_000_000), samples)
+           if w >> 60 == Kind.TAG]
+    assert [w & 0xFFFFFFFF for _, w in got] == list(k * 4 + fine)
+    assert [c for c, _ in got] == list(k + 10)
