@@ -13,10 +13,15 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks print a table and write JSON under bench/results/ (git-ignored).
-bench: bench-source bench-host bench-recorder
+bench: bench-source bench-host bench-recorder bench-rpc
 
 bench-source: $(STAMP)
 	$(PY) bench/source.py
+
+# Control round trip to a streaming, recording daemon (rpc_* keys in bench/results/host.json).
+.PHONY: bench-rpc
+bench-rpc: $(STAMP)
+	$(PY) bench/rpc.py
 
 # HDF5 recording: M tags/s and bytes/tag on Poisson streams (bench/results/recorder.json).
 .PHONY: bench-recorder

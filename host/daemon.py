@@ -20,6 +20,7 @@ import datetime as dt
 import json
 import logging
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -44,6 +45,7 @@ DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 DEFAULT_STREAM = "tcp://127.0.0.1:5556"
 RATES_PERIOD_S = 0.2
 INSTRUMENT_PERIOD_S = 2.0
+SWITCH_INTERVAL_S = 0.0005
 PUB_HWM = 100  # event batches (~1 MB each at most) queued per subscriber before PUB drops for it
 
 
@@ -238,6 +240,9 @@ class Daemon:
     # -- life cycle -------------------------------------------------------------------
 
     def start(self) -> "Daemon":
+        # Python hands the GIL over every 5 ms by default; a control request waiting behind
+        # the acquisition thread would wait that long. 0.5 ms keeps round trips short.
+        sys.setswitchinterval(SWITCH_INTERVAL_S)
         _warm_up_kernels()
         try:
             self._open_sockets()
