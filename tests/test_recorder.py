@@ -453,3 +453,4 @@ def test_recorder_thread_reports_a_stopped_recording(small_tmpfs):
     written = len(read_tags(path)[0])
     assert written >= st.flushed_tags
     assert st.dropped_batches > 0  # what was queued when it stopped is counted, not forgotten
+    assert st.tags + st.lost_events == len(tags)  # every tag: handed to the file, or counted lost
