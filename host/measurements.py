@@ -455,7 +455,10 @@ class CorrelationHistogram:
                              f"(range +-{self.range_ps} ps, bin {self.bin_ps} ps)")
         coincidences = int(self.counts[in_window].sum())
         accidentals = float(self.counts[off_peak].mean() * np.count_nonzero(in_window))
-        car = (coincidences - accidentals) / accidentals if accidentals > 0 else float("inf")
+        if accidentals > 0:
+            car = (coincidences - accidentals) / accidentals
+        else:  # no accidental in the whole off-peak region: unbounded, or undefined if empty
+            car = float("inf") if coincidences else float("nan")
         return CarResult(car=car, coincidences=coincidences, accidentals=accidentals,
                          peak_ps=float(peak_ps), window_ps=int(window_ps))
 

@@ -142,6 +142,7 @@ def test_empty_channel_gives_zero_counts_and_undefined_g2():
     hist.add(random_stream(1))
     assert hist.counts.sum() == 0 and hist.clicks[1] == 0
     assert np.isnan(hist.g2()).all()
+    assert np.isnan(hist.car(window_ps=300).car)
 
 
 def test_g2_of_independent_poisson_streams_is_one():
