@@ -181,8 +181,8 @@ def main():
         "load_average_1min": os.getloadavg()[0],
         "input": (f"EVENT_DTYPE detector tags on 1000 ps bins, batches of {BATCH:,}: synthetic Poisson "
                   f"streams over 8 channels at 1 MHz and 10 MHz total ({args.tags:,} tags each), and the "
-                  "reference lab from qnode.sim.source.PhotonSource; Photon-HDF5 file, SWMR, shuffle+deflate, "
-                  f"chunks of {TAG_CHUNK} tags; median of {args.repeats} runs incl. close"),
+                  "reference lab from qnode.sim.source.PhotonSource; Photon-HDF5 file, SWMR, timestamps shuffle+deflate, "
+                  f"channels scaleoffset, chunks of {TAG_CHUNK} tags; median of {args.repeats} runs incl. close"),
         "workloads": results,
         "stage_ns_per_tag": costs,
         # headline: the slower of the two Poisson rates, best recorder path
