@@ -23,7 +23,7 @@ CONFIGS = {  # (oversampling, channels) -> system clock: N=4 is the ULX3S (ECP5)
 }
 FIFO_DEPTH = 8  # small, so bursts and stalls overflow them
 OUTPUT_DEPTH = 8
-CLOCKS = 3000  # per seed and stimulus kind
+CLOCKS = 5000  # per seed and stimulus kind
 
 
 def start_now(oversampling: int) -> int:
