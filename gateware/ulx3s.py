@@ -51,7 +51,8 @@ class ULX3STop(Elaboratable):
         m.submodules.clk25_buf = clk25_buf = io.Buffer("i", clk25)
 
         # 25 MHz -> 400 MHz edge clock (VCO 800 MHz), divided by 2 for the system clock.
-        pll_out, locked, eclk, sclk = Signal(), Signal(), Signal(), Signal()
+        pll_out, locked = Signal(name="pll_out"), Signal(name="pll_locked")
+        eclk, sclk = Signal(name="eclk"), Signal(name="sclk")
         m.submodules.pll = Instance(
             "EHXPLLL",
             p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
