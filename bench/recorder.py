@@ -109,12 +109,11 @@ def stage_costs(events: np.ndarray) -> dict[str, float]:
                                                np.ascontiguousarray(events["channel"][:n])))
     shuffled = []
     timed("shuffle timestamps", lambda: shuffled.extend(recmod._shuffle(c) for c in chunks))
-    lib, level = recmod._deflate_lib, recmod._DEFLATE_LEVEL
-    timed(f"deflate timestamps ({recmod.DEFLATE_ENGINE})", lambda: [lib.compress(s, level) for s in shuffled])
+    timed(f"deflate timestamps ({recmod.DEFLATE_ENGINE})", lambda: [recmod._deflate(s) for s in shuffled])
     timed("pack detectors (scaleoffset, 4 bits)", lambda: [recmod._scaleoffset_channels(c) for c in det_chunks])
     if recmod.DEFLATE_ENGINE != "zlib":
         timed("deflate timestamps (zlib 1, for comparison)", lambda: [zlib.compress(s, 1) for s in shuffled])
-    blobs = [lib.compress(s, level) for s in shuffled]
+    blobs = [recmod._deflate(s) for s in shuffled]
     with tempfile.TemporaryDirectory() as d:
         import h5py
 
