@@ -164,6 +164,18 @@ def test_out_of_order_tags_are_counted_and_never_break_the_histogram():
     assert hist.counts.sum() == 2  # (10000, 10500) and (10000, 10600)
 
 
+def test_a_late_herald_between_two_clicks_hides_no_pair():
+    """Heralds leave the gateware after later tags: their times may go back. They are no tags,
+    so they are not out-of-order tags, and the pair around them still counts."""
+    events = make_events([10_000, 0, 10_500], [1, 3, 2], [Kind.TAG, Kind.HERALD, Kind.TAG])
+    hist = CorrelationHistogram(1, 2, 100, 1000)
+    counter = CoincidenceCounter([((1, 2), 1000)])
+    hist.add(events)
+    counter.add(events)
+    assert hist.counts[15] == 1 and hist.out_of_order == 0
+    assert counter.counts.tolist() == [1] and counter.out_of_order == 0
+
+
 def test_bad_parameters_are_refused():
     with pytest.raises(ValueError):
         CorrelationHistogram(1, 2, 300, 1000)  # range not a multiple of bin
