@@ -454,3 +454,22 @@ def test_recorder_thread_reports_a_stopped_recording(small_tmpfs):
     assert written >= st.flushed_tags
     assert st.dropped_batches > 0  # what was queued when it stopped is counted, not forgotten
     assert st.tags + st.lost_events == len(tags)  # every tag: handed to the file, or counted lost
+
+
+def test_recorder_thread_carries_readings_loops_and_manifest(tmp_path):
+    path = tmp_path / "r.h5"
+    tags = poisson_tags(50_000, 1e6)
+    rt = RecorderThread(path, channel_names=NAMES, loops={"phase_lock": ["phase_rad"]})
+    rt.set_manifest({"gateware_hash": "f00d"})  # before data: stays in the first file
+    assert rt.put(tags)
+    assert rt.append_instrument_readings(1.7e9, "lakeshore336", "temperature_A", 2.5, "K")
+    assert rt.append_loop_trace("phase_lock", [1.0, 2.0], phase_rad=[0.5, 0.25])
+    st = rt.close()
+    assert st.tags == st.flushed_tags == len(tags) and st.error is None and st.lost_events == 0
+    assert st.files == [str(path)] and st.bytes == path.stat().st_size
+    assert not path.with_name(f".{path.name}.reserve").exists()  # the disk reserve is given back
+    with h5py.File(path) as f:
+        assert json.loads(f["qnode/gateware_manifest"][()]) == {"gateware_hash": "f00d"}
+        assert f["qnode/instrument_readings"]["value"].tolist() == [2.5]
+        assert f["qnode/loops/phase_lock"]["phase_rad"].tolist() == [0.5, 0.25]
+        np.testing.assert_array_equal(f["photon_data/timestamps"][:], tags["time_ps"])
