@@ -220,7 +220,10 @@ WRITER = textwrap.dedent("""
     else:  # the thread flushes on its own timer; then more data arrive; then SIGKILL
         rec = RecorderThread(path, channel_names=NAMES, flush_s=0.2)
         rec.put(tags[:300_000])
+        deadline = time.monotonic() + 60  # never hang the test: a writer that gives up fails it
         while rec.status().flushed_tags < 300_000:  # no flush() call: the timer does it
+            if time.monotonic() > deadline:
+                sys.exit("the recorder thread never flushed on its timer")
             time.sleep(0.05)
         print(rec.status().flushed_tags, flush=True)
         rec.put(tags[300_000:])  # may or may not be flushed when the kill comes
