@@ -236,6 +236,23 @@ def watch_rates(stream, count):
             pass
 
 
+@main.command()
+@CONTROL_OPTION
+@click.option("--open/--no-open", "open_browser", default=None,
+              help="open a browser (default: when this session has a display)")
+def dashboard(control, open_browser):
+    """Print the URL of the daemon's web dashboard and open it in a browser."""
+    import os
+    import webbrowser
+
+    info = _call(control, "dashboard.url")
+    click.echo(info["url"] + ("" if info.get("token_configured") else "  (read-only: the daemon has no dashboard token)"))
+    if open_browser is None:
+        open_browser = sys.platform in ("darwin", "win32") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    if open_browser:
+        webbrowser.open(info["url"])
+
+
 main.add_command(gateware)
 main.add_command(sim)
 

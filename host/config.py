@@ -101,6 +101,22 @@ class Recording(Strict):
     compression: Literal["gzip", "lzf", "none"] = "gzip"
 
 
+class Dashboard(Strict):
+    """The daemon's web dashboard (host/dashboard.py, docs/dashboard.md)."""
+
+    enabled: bool = Field(False, description="serve the dashboard while the daemon runs")
+    host: str = Field("127.0.0.1", description="address to listen on; the default is this machine only")
+    port: int = Field(8050, ge=0, lt=65536, description="TCP port; 0 picks a free one")
+    token: str | None = Field(None, min_length=8, description="secret that actions (record, registers, loops) need")
+    token_env: str | None = Field(None, min_length=1, description="name of the environment variable holding the token")
+
+    @model_validator(mode="after")
+    def _one_token_source(self):
+        if self.token is not None and self.token_env is not None:
+            raise ValueError("set token or token_env, not both")
+        return self
+
+
 # --- the simulated lab's physics (used when fpga.board == "sim") -------------------------
 
 
@@ -183,6 +199,7 @@ class LabConfig(Strict):
     instruments: dict[str, Instrument] = Field(default_factory=dict)
     loops: dict[str, Loop] = Field(default_factory=dict)
     recording: Recording = Field(default_factory=Recording)
+    dashboard: Dashboard = Field(default_factory=Dashboard)
     sim: SimLab | None = None
 
     source_path: Path | None = Field(None, exclude=True)

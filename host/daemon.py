@@ -17,8 +17,10 @@ becomes loss records. A failing request gets an error reply; the daemon stays up
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import json
 import logging
+import os
 import queue
 import sys
 import threading
@@ -40,6 +42,8 @@ from .measurements import CoincidenceCounter, CorrelationHistogram, CountRates, 
 from .recorder import RecorderThread
 
 log = logging.getLogger("qnode.daemon")
+action_log = logging.getLogger("qnode.actions")  # who changed the lab, and how (published on `log`)
+action_log.setLevel(logging.INFO)
 
 DEFAULT_CONTROL = "tcp://127.0.0.1:5555"
 DEFAULT_STREAM = "tcp://127.0.0.1:5556"
@@ -224,6 +228,8 @@ class Daemon:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ctx = zmq.Context()
+        self.dashboard = None  # DashboardServer while [dashboard] enabled = true
+        self.dashboard_token = dashboard_token(config)
         self.methods: dict[str, Callable[[dict], Any]] = {
             "ping": self._ping, "status": self._status, "config": self._config, "stop": self._stop_request,
             "registers.list": self._registers_list, "registers.read": self._registers_read,
@@ -235,6 +241,7 @@ class Daemon:
             "measure.reset": self._measure_reset,
             "instruments.list": self._instruments_list, "instruments.snapshot": self._instruments_snapshot,
             "loops.list": self._loops_list,
+            "dashboard.url": self._dashboard_url,
         }
 
     # -- life cycle -------------------------------------------------------------------
@@ -256,6 +263,7 @@ class Daemon:
             thread = threading.Thread(target=target, name=f"qnode-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        self._start_dashboard()
         log.info("daemon up: control %s, streams %s", self.control_url, self.stream_url)
         return self
 
@@ -319,6 +327,8 @@ class Daemon:
 
     def close(self) -> None:
         self._stop.set()
+        if self.dashboard is not None:
+            self.dashboard.stop()
         for thread in self._threads:
             thread.join(10)
         with self._lock:
@@ -659,6 +669,47 @@ class Daemon:
     def _loops_list(self, params):
         return {name: {"enabled": loop.enabled, "period_s": loop.period_s, "running": False}
                 for name, loop in self.config.loops.items()}
+
+
+    # -- dashboard (host/dashboard.py): served while configured; token check; action log --
+
+    def _start_dashboard(self) -> None:
+        if not self.config.dashboard.enabled:
+            return
+        from .dashboard import DashboardServer
+
+        try:
+            self.dashboard = DashboardServer.for_daemon(self).start()
+        except Exception as exc:  # the dashboard is a window on the node, never a reason to stop it
+            self.dashboard = None
+            log.error("dashboard not started on %s:%s: %s", self.config.dashboard.host,
+                      self.config.dashboard.port, exc)
+            return
+        log.info("dashboard on %s", self.dashboard.url)
+
+    def dashboard_token_ok(self, token: Any) -> bool:
+        """True when ``token`` is the configured dashboard token (never when none is configured)."""
+        if self.dashboard_token is None or not isinstance(token, str):
+            return False
+        return hmac.compare_digest(token.encode(), self.dashboard_token.encode())
+
+    def log_action(self, who: str, what: str, outcome: str) -> None:
+        """Every action on the lab from outside the control API's own clients, with who did it."""
+        level = logging.INFO if outcome == "ok" else logging.WARNING
+        action_log.log(level, "action by %s: %s -> %s", who, what, outcome)
+
+    def _dashboard_url(self, params):
+        if self.dashboard is None:
+            why = "disabled ([dashboard] enabled = false)" if not self.config.dashboard.enabled else "not running (see the log)"
+            raise _Reply("NotAvailable", f"the dashboard is {why}")
+        return {"url": self.dashboard.url, "token_configured": self.dashboard_token is not None}
+
+
+def dashboard_token(config: LabConfig) -> str | None:
+    """The dashboard's token from ``[dashboard] token`` or the variable ``token_env`` names."""
+    cfg = config.dashboard
+    token = os.environ.get(cfg.token_env) if cfg.token_env else cfg.token
+    return token or None
 
 
 def _warm_up_kernels() -> None:

@@ -48,6 +48,7 @@ def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Co
                       f"{ident.get('channels')} channels, {ident.get('bin_ps')} ps bins; "
                       f"instruments: {', '.join(f'{k} {v}' for k, v in status['instruments'].items()) or 'none'}")
         console.print(f"control {daemon.control_url}, streams {daemon.stream_url}")
+        console.print(f"dashboard {daemon.dashboard.url} (live while this runs)" if daemon.dashboard else "dashboard off")
         pair = pair_channels(cfg)
         g2_params = dict(channel_a=pair[0], channel_b=pair[1], bin_ps=G2_BIN_PS, range_ps=G2_RANGE_PS) if pair else None
         node.call("measure.reset")
