@@ -239,6 +239,77 @@ def _next_entry(next_clock, skip, skip_clock):
     return best
 
 
+BURST_MAX = 16
+
+
+@numba.njit(cache=True)
+def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, first, depth, shift,
+           start_now, c_n, epoch_sent, out_words, n_out, g_ptr, g_clock, g_entry, g_ch):
+    """An idle pipeline, an always-ready consumer and a burst of entries that no channel FIFO
+    can overflow on (at most depth - 2 of them): the merger then emits them in (time, channel)
+    order, whatever their clocks, and the pipeline is idle again by ``bound`` (a safe upper
+    bound: every entry is at its head and eligible by ``base``, then each takes at most
+    4 packer clocks plus queue latency). Taken only if the next entry arrives after ``bound``.
+    Returns (first idle clock, epoch, words, next channel) or (-1, ...) when it does not apply."""
+    limit = min(depth - 2, BURST_MAX)
+    for ch in range(c_n):
+        g_ptr[ch] = ptr[ch]
+        g_clock[ch] = next_clock[ch]
+    n_g = 0
+    base = np.int64(-(1 << 62))
+    ch = first
+    bound = base
+    while True:
+        if n_g == limit:
+            return -1, epoch_sent, n_out, first
+        i = g_ptr[ch]
+        g_entry[n_g] = i
+        g_ch[n_g] = ch
+        n_g += 1
+        ready_at = ent_clock[i] + VISIBLE
+        if c_n > 1:
+            ready_at = max(ready_at, (ent_time[i] >> shift) + HORIZON_CLOCKS - start_now + 1)
+        base = max(base, ready_at)
+        g_ptr[ch] = i + 1
+        g_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
+        bound = base + 4 + 8 * n_g
+        ch = _next_entry(g_clock, -1, NONE_LEFT)
+        if ch < 0 or g_clock[ch] > bound:
+            break
+    # (time, channel) order: insertion sort of a handful
+    for a in range(1, n_g):
+        e, c = g_entry[a], g_ch[a]
+        b = a - 1
+        while b >= 0 and (ent_time[g_entry[b]] > ent_time[e]
+                          or (ent_time[g_entry[b]] == ent_time[e] and g_ch[b] > c)):
+            g_entry[b + 1] = g_entry[b]
+            g_ch[b + 1] = g_ch[b]
+            b -= 1
+        g_entry[b + 1] = e
+        g_ch[b + 1] = c
+    for a in range(n_g):
+        e, c = g_entry[a], g_ch[a]
+        t = ent_time[e]
+        if (t >> 32) != epoch_sent:
+            epoch_sent = t >> 32
+            out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
+            n_out += 1
+        out_words[n_out] = (np.int64(Kind.TAG) << 60) | (np.int64(c) << 54) | (t & _TIME_LOW)
+        n_out += 1
+        if ent_count[e] != 0:
+            t2 = t + ent_gap[e]
+            if (t2 >> 32) != epoch_sent:
+                epoch_sent = t2 >> 32
+                out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
+                n_out += 1
+            out_words[n_out] = _loss_word(c, LossReason.SAME_CLOCK, ent_count[e], t2)
+            n_out += 1
+    for c in range(c_n):
+        ptr[c] = g_ptr[c]
+        next_clock[c] = g_clock[c]
+    return bound + 1, epoch_sent, n_out, ch
+
+
 @numba.njit(cache=True)
 def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channels, n, depth,
              q_depth, start_now, n_clocks, ready, header, out_words, counters, direct):
@@ -295,6 +366,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     p_gap = np.int64(0)
     out_pend = np.zeros(c_n, np.int64)
     out_pend_time = np.zeros(c_n, np.int64)
+    n_out_pend = 0  # channels with out_pend != 0
 
     q_cap = q_depth - 1
     q_buf = np.zeros(q_cap, np.int64)
@@ -305,6 +377,10 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     n_out = 0
 
     ptr = ent_start.copy()
+    g_ptr = np.empty(c_n, np.int64)  # scratch for _burst
+    g_clock = np.empty(c_n, np.int64)
+    g_entry = np.empty(BURST_MAX, np.int64)
+    g_ch = np.empty(BURST_MAX, np.int64)
     next_clock = np.empty(c_n, np.int64)
     for ch in range(c_n):
         next_clock[ch] = ent_clock[ptr[ch]] if ptr[ch] < ent_end[ch] else NONE_LEFT
@@ -375,10 +451,11 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         finishing = advance and not ((not second) and has_second)
         take = header_sent and ((not busy) or finishing)
         f_ch = -1
-        for ch in range(c_n):
-            if out_pend[ch] != 0:
-                f_ch = ch
-                break
+        if n_out_pend:
+            for ch in range(c_n):
+                if out_pend[ch] != 0:
+                    f_ch = ch
+                    break
         flush = take and f_ch >= 0 and level <= q_depth - 4
         pop = mh_valid and take and not flush  # the packer takes the queue's head
         merge = winner >= 0 and mq_n != m_cap  # the winner goes into the merger's queue
@@ -415,13 +492,15 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         chunk = np.int64(0)
         if flush:
             chunk = min(out_pend[f_ch], _COUNT_MAX)
-        for ch in range(c_n):
-            left = out_pend[ch] - (chunk if (flush and ch == f_ch) else 0)
-            if drop and ch == p_ch:
-                if left == 0:
-                    out_pend_time[ch] = rec_time
-                left += drop_count
-            out_pend[ch] = left
+            out_pend[f_ch] -= chunk
+            if out_pend[f_ch] == 0:
+                n_out_pend -= 1
+        if drop:
+            left = out_pend[p_ch]
+            if left == 0:
+                out_pend_time[p_ch] = rec_time
+                n_out_pend += 1
+            out_pend[p_ch] = left + drop_count
         if not header_sent:
             header_sent = True  # the output FIFO is empty at reset
         if write_epoch:
@@ -469,8 +548,14 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
             mq_n += 1
 
         # ---- channel FIFOs
+        fifo_busy = False
+        heads = 0
         for ch in range(c_n):
             r_en = merge and winner == ch
+            if not (arr_valid[ch] or r_en or pend[ch] != 0 or inner_n[ch] != 0):
+                if head_valid[ch]:
+                    heads += 1
+                continue  # nothing moves in this channel
             w_rdy = inner_n[ch] != cap
             arriving = (1 + arr_count[ch]) if arr_valid[ch] else 0
             write = False
@@ -520,18 +605,20 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 inner_count[ch, w_idx] = wc
                 inner_gap[ch, w_idx] = wg
                 inner_n[ch] += 1
+            if inner_n[ch] != 0 or pend[ch] != 0:
+                fifo_busy = True
+            if head_valid[ch]:
+                heads += 1
 
         # ---- next clock; skip clocks in which nothing can change
         c_next = c + 1
-        nxt = _next_entry(next_clock, -1, NONE_LEFT)
-        next_arrival = next_clock[nxt] if nxt >= 0 else limit
-        quiet = header_sent and not busy and q_n == 0 and not q_valid and mq_n == 0 and not mh_valid
-        heads = 0
-        for ch in range(c_n):
-            if inner_n[ch] != 0 or pend[ch] != 0 or out_pend[ch] != 0:
-                quiet = False
-            if head_valid[ch]:
-                heads += 1
+        quiet = (header_sent and not busy and q_n == 0 and not q_valid and mq_n == 0
+                 and not mh_valid and not fifo_busy and n_out_pend == 0)
+        nxt = -1
+        next_arrival = limit
+        if quiet:
+            nxt = _next_entry(next_clock, -1, NONE_LEFT)
+            next_arrival = next_clock[nxt] if nxt >= 0 else limit
         if quiet and direct and heads == 0:
             # Entries that find the pipeline idle and leave it before the next one arrives.
             while nxt >= 0:
@@ -552,7 +639,14 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 following = ent_clock[e + 1] if e + 1 < ent_end[nxt] else NONE_LEFT
                 after = _next_entry(next_clock, nxt, following)
                 if after >= 0 and (following if after == nxt else next_clock[after]) <= done:
-                    break
+                    # A small burst: handled at once if it clears before the next arrival.
+                    res = _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock,
+                                 nxt, depth, shift, start_now, c_n, epoch_sent, out_words, n_out,
+                                 g_ptr, g_clock, g_entry, g_ch)
+                    if res[0] < 0:
+                        break
+                    c_next, epoch_sent, n_out, nxt = res
+                    continue
                 ch = nxt
                 if (t >> 32) != epoch_sent:
                     epoch_sent = t >> 32

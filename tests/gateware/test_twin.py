@@ -35,3 +35,20 @@ def test_samples_and_edges_give_the_same_words():
     by_samples = Twin(cfg).run(samples=samples_from_pulses(t, ch, 3, n, cfg))
     by_edges = Twin(cfg).run(edges=edges_from_pulses(t, ch, 3, cfg), n_clocks=n)
     np.testing.assert_array_equal(by_samples.words, by_edges.words)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_fast_path_equals_clock_by_clock_on_clustered_clicks(seed):
+    # pairs and triples within a few bins, as from a photon-pair source: the burst shortcut
+    cfg = TwinConfig(channels=8, oversampling=8, fifo_depth=8, delay_bins=[0, 3, 0, 40, 0, 0, 9, 0])
+    rng = np.random.default_rng(seed)
+    n = 5000
+    base = np.sort(rng.integers(0, n * 300, n))
+    size = rng.integers(1, 7, n)
+    t = np.repeat(base, size) + rng.integers(0, 24, size.sum())
+    ch = rng.integers(0, 8, size.sum())
+    edges = edges_from_pulses(t, ch, 1, cfg)
+    fast = Twin(cfg).run(edges=edges)
+    clocks = int(t.max()) // 8 + 3000
+    slow = Twin(cfg).run(edges=edges, n_clocks=clocks, ready=np.ones(clocks, bool))
+    np.testing.assert_array_equal(fast.words, slow.words)
