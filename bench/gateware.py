@@ -17,7 +17,6 @@ import numpy as np
 
 from qnode.gateware.build import build_ulx3s, parse_nextpnr_log
 from qnode.gateware import ulx3s
-from qnode.gateware.core import TimeTaggerCore
 from qnode.sim.twin import Twin, TwinConfig, edges_from_pulses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +55,7 @@ def merger_events_per_clock() -> float:
     from amaranth.sim import Simulator
 
     from qnode.firmware.events import Kind
+    from qnode.gateware.core import TimeTaggerCore
     from qnode.gateware.simulate import pack_pins
     from qnode.sim.twin import samples_from_pulses
 
@@ -90,7 +90,8 @@ def main():
     if args.no_build:
         log = (BUILD_DIR / "qnode_ulx3s.tim").read_text()
         fmax, resources = parse_nextpnr_log(log)
-        core = ulx3s.ULX3STop().core
+        core = argparse.Namespace(channels=len(ulx3s.INPUT_PINS), oversampling=ulx3s.OVERSAMPLING,
+                                  bin_ps=10**12 // (ulx3s.SYS_CLK_HZ * ulx3s.OVERSAMPLING))
         used = lambda name: int(resources[name].split("/")[0]) if name in resources else None
         from importlib.metadata import version
         report = dict(board="ulx3s", device="LFE5U-85F", package="BG381", speed_grade="6",
