@@ -5,6 +5,7 @@ and reused by later runs; one simulation runs all seeds and stimulus kinds. The 
 printed; QNODE_COCOTB_SEED=<first seed> reruns a failure exactly.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -60,13 +61,16 @@ def _build(oversampling: int, channels: int) -> tuple[Path, str]:
     key = hashlib.sha256(text.encode()).hexdigest()[:16]
     build_dir = BUILD / f"n{oversampling}_c{channels}_{key}"
     source = build_dir / "time_tagger_core.v"
-    if not (build_dir / "time_tagger_core").exists():
-        build_dir.mkdir(parents=True, exist_ok=True)
-        source.write_text(text)
-        get_runner("verilator").build(
-            sources=[source], hdl_toplevel="time_tagger_core", build_dir=build_dir,
-            build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"], always=True,
-            log_file=build_dir / "build.log")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # another pytest (a colleague's run in the same tree) may be building the same model
+    with open(build_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (build_dir / "time_tagger_core").exists():
+            source.write_text(text)
+            get_runner("verilator").build(
+                sources=[source], hdl_toplevel="time_tagger_core", build_dir=build_dir,
+                build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"], always=True,
+                log_file=build_dir / "build.log")
     return build_dir, key
 
 
