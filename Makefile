@@ -13,7 +13,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks print a table and write JSON under bench/results/ (git-ignored).
-bench: bench-source bench-host bench-recorder bench-rpc
+bench: bench-source bench-host bench-recorder bench-rpc bench-dashboard
 
 bench-source: $(STAMP)
 	$(PY) bench/source.py
@@ -22,6 +22,12 @@ bench-source: $(STAMP)
 .PHONY: bench-rpc
 bench-rpc: $(STAMP)
 	$(PY) bench/rpc.py
+
+# Daemon events/s with the web dashboard off, on, and with a headless Chromium page open; the
+# page's update rate (bench/results/dashboard.json). Needs Debian's chromium for the page rows.
+.PHONY: bench-dashboard
+bench-dashboard: $(STAMP)
+	$(PY) bench/dashboard.py
 
 # HDF5 recording: M tags/s and bytes/tag on Poisson streams (bench/results/recorder.json).
 .PHONY: bench-recorder

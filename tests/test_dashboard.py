@@ -224,6 +224,20 @@ def test_page_shows_the_lab_live(page, daemon):
     page.errors.check()
 
 
+def test_loop_status_appears_with_its_state_and_trace(page, daemon):
+    # Stand in for the phase lock: its status on the loops.phase_lock topic, as the loop publishes it.
+    for i in range(30):
+        daemon.publisher.post("loops.phase_lock", {"state": "locked", "locked": True, "phase_error_deg": (-1) ** i * 3.0,
+                                                   "phase_deg": 90.0, "actuator_v": 41.5, "cycles": i})
+    page.wait_for_selector("#loop-phase_lock")
+    assert not page.is_visible("text=no loops running")
+    assert page.text_content("#loop-phase_lock .state") == "locked"
+    page.wait_for_function("qnode.loops.phase_lock.trace.length >= 2")
+    assert page.evaluate("qnode.loops.phase_lock.trace.every((p) => Math.abs(p.phase_error_deg) === 3)")
+    assert "actuator_v 41.5" in page.text_content("#loop-phase_lock .caption")
+    page.errors.check()
+
+
 def test_histogram_bins_and_range_follow_the_page(page):
     page.fill("#g2-bin", "2000")
     page.fill("#g2-range", "10000")

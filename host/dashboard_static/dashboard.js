@@ -208,7 +208,9 @@ function chName(i) {
   return c ? c.name : String(i);
 }
 
-const TRACE_KEYS = ["phase_deg", "residual_deg", "error_deg", "phase_error_deg", "phi_deg", "output_v", "output"];
+// The phase lock's status (host/phase_lock.py): state, locked, phase_error_deg, phase_deg,
+// actuator_v, ... The trace shows the first of these keys that the loop publishes.
+const TRACE_KEYS = ["phase_error_deg", "residual_deg", "error_deg", "phase_deg", "actuator_v", "output_v"];
 const STATE_KEYS = ["state", "locked", "running", "enabled"];
 
 function drawLoops() {
@@ -235,7 +237,8 @@ function drawLoops() {
     const st = el.querySelector(".state");
     const value = key === undefined ? "running" : (typeof s[key] === "boolean" ? (s[key] ? key : "not " + key) : String(s[key]));
     st.textContent = value;
-    st.className = "state " + (/unlock|not |error|fail|stop/i.test(value) ? "bad" : /lock|running|on/i.test(value) ? "good" : "");
+    st.className = "state " + (/unlock|relock|no_|not |error|fail|stop/i.test(value) ? "bad"
+                               : /^(locked|running|on)$/i.test(value) ? "good" : "");
     const tkey = TRACE_KEYS.find((k) => loop.trace.length && k in loop.trace[loop.trace.length - 1]) ||
       (loop.trace.length ? Object.keys(loop.trace[loop.trace.length - 1]).find((k) => k !== "time_s" && k !== "seq") : undefined);
     const canvas = el.querySelector("canvas");
