@@ -1,0 +1,481 @@
+"""Phase stabilisation of the heralding interferometer.
+
+Time is shared in cycles (1 ms in the reference lab): a reference burst (100 us) during which
+attenuated laser light splits ``(1 + V cos phi) / 2`` onto D+ and ``(1 - V cos phi) / 2`` onto
+D-, then the attempt window. After each burst :class:`PhaseLock` receives the burst's D+ and D-
+counts and returns the piezo voltage for the next cycle. It is pure logic (no I/O, no clock):
+the same object runs in the daemon from the live event stream and in :func:`simulate_lock`
+against the simulated lab, which knows the true phase and scores the lock.
+
+How the phase is read: the imbalance ``E = (n+ - n-) / (n+ + n-) = V cos(phi)`` gives
+``|phi|``; the sign is the branch nearest the setpoint while locked (the loop holds the phase
+there), and during acquisition it comes from a known offset step (the sweep: the actuator
+moves by known steps and the fringe's direction tells the sign). The visibility ``V`` is
+measured by the sweep.
+
+Control: PI on the phase error plus a drift term (the phase drifts at ~1 rad/s, a ramp a PI
+alone follows with a lag), in the actuator's units; the command pre-compensates the
+stretcher's first-order mechanical response (``actuator_tau_s``) so the effective voltage
+reaches its target by the next burst. The actuator is rewound by whole fringes (2 pi) before
+it nears a rail.
+
+States (``status()["state"]``):
+
+- ``acquiring``: sweeping the actuator over one fringe (plus a little) to find it;
+- ``locked``: error within ``error_limit_deg``;
+- ``relocking``: error out of range for a while: the PI keeps correcting; after
+  ``relock_sweep_cycles`` it sweeps again;
+- ``no_reference``: fewer than ``min_reference_counts`` in a burst (reference light gone):
+  the actuator holds still (no runaway), and when light returns after a long wait the lock
+  sweeps again.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+
+TWO_PI = 2 * math.pi
+
+
+def wrap_rad(x):
+    """Into [-pi, pi)."""
+    return (np.asarray(x) + math.pi) % TWO_PI - math.pi
+
+
+@dataclass
+class PhaseLockSettings:
+    """Every setting can change while the loop runs (:meth:`PhaseLock.set`)."""
+
+    setpoint_deg: float = 90.0  # true interferometer phase to hold (90: mid-fringe, best sensitivity)
+    kp: float = 0.0  # proportional gain (on the change of the phase error, per cycle)
+    ki: float = 0.35  # integral gain (fraction of the error added to the actuator each cycle)
+    kdrift: float = 0.0  # drift tracking gain (rate estimate, rad/cycle, learns this fraction of the error)
+    volts_per_2pi: float = 4.0  # the fibre stretcher: volts for one fringe
+    actuator_tau_s: float = 1e-3  # mechanical time constant of the stretcher
+    cycle_s: float = 1e-3  # reference burst + attempt window
+    burst_s: float = 100e-6  # reference burst at the start of each cycle
+    rail_low_v: float = 0.0
+    rail_high_v: float = 150.0
+    rail_margin_v: float = 8.0  # rewind by whole fringes when the actuator gets this close to a rail
+    min_reference_counts: int = 20  # fewer counts in a burst: the reference light is gone
+    error_limit_deg: float = 45.0  # beyond this the lock counts as lost
+    lost_after_cycles: int = 3  # consecutive cycles beyond error_limit_deg before 'relocking'
+    relock_sweep_cycles: int = 30  # relocking this long without success: sweep again
+    resweep_after_dark_cycles: int = 50  # reference gone this long: sweep when it returns
+    sweep_step_v: float = 0.25  # actuator step per cycle while sweeping
+    sweep_span_v: float = 5.0  # a bit more than one fringe
+    visibility: float = 0.95  # starting guess; the sweep measures it
+    # Sign check: at the fringe's mirror point (-setpoint) the imbalance is the same as at the
+    # setpoint, so a kick of -2 setpoint (pi at mid-fringe) is invisible, and there the loop's
+    # own steps move the measured phase the wrong way. A CUSUM of that evidence (log
+    # likelihood ratio, mirror vs right branch, per cycle 2 x dx / sigma^2 with x the change of
+    # the measured error and d the known step sent) past sign_check_llr triggers a known offset
+    # step of probe_deg: the fringe's answer tells the branch, and a wrong one is corrected in
+    # one jump.
+    sign_check_llr: float = 5.0
+    sign_check_sigma_deg: float = 9.0  # noise of the error change per cycle (shot noise, drift)
+    probe_deg: float = 30.0
+    probe_margin_deg: float = 20.0  # the mirror must explain the probe's answer this much better
+    # A square-wave dither of +-dither_deg (alternating each cycle) feeds the sign check with a
+    # known step every cycle; without it a pi kick at mid-fringe takes tens of ms to find.
+    dither_deg: float = 3.0
+    dither_max_deg: float = 15.0
+    boost: float = 1.0  # gain after a jump: boost / (1 + cycles since), until it falls to ki
+
+    def validate(self) -> None:
+        if self.volts_per_2pi <= 0 or self.actuator_tau_s < 0 or self.cycle_s <= self.burst_s:
+            raise ValueError("phase lock: need volts_per_2pi > 0, actuator_tau_s >= 0, cycle_s > burst_s")
+        if self.rail_high_v - self.rail_low_v < 2 * self.rail_margin_v + 2 * self.volts_per_2pi:
+            raise ValueError("phase lock: actuator range too small for two fringes inside the rail margins")
+
+
+class PhaseLock:
+    """The phase-lock controller: one :meth:`update` per reference burst."""
+
+    def __init__(self, settings: PhaseLockSettings | dict | None = None, actuator_v: float | None = None):
+        if isinstance(settings, dict):
+            settings = PhaseLockSettings(**settings)
+        self.settings = settings or PhaseLockSettings()
+        self.settings.validate()
+        s = self.settings
+        centre = 0.5 * (s.rail_low_v + s.rail_high_v)
+        self.command_v = centre if actuator_v is None else float(actuator_v)
+        self.effective_v = self.command_v  # model of the stretcher's position when the command was sent
+        self.state = "acquiring"
+        self.cycles = 0
+        self.relocks = 0  # lock losses so far
+        self.rewinds = 0
+        self.phase_rad: float | None = None  # last measured phase (wrapped)
+        self.error_rad: float | None = None
+        self.drift_rad = 0.0  # estimated phase drift per cycle
+        self._target_v = self.command_v  # where the PI wants the effective voltage
+        self._last_error = 0.0
+        self._bad_cycles = 0
+        self._dark_cycles = 0
+        self._sweep: list[tuple[float, float, int]] | None = None
+        self._cusum = 0.0
+        self._last_step_rad = 0.0
+        self._probe: float | None = None  # phase (H0 branch) when a probe step was sent
+        self._dither_rad = 0.0  # dither offset the next burst sees
+        self._last_phase: float | None = None
+        self._since_jump = 100
+        self.sign_checks = 0
+        self.sign_flips = 0
+        self._start_sweep()
+
+    # -- settings and status -------------------------------------------------------------
+
+    def set(self, **changes) -> None:
+        """Change settings while running; unknown names raise (with the known ones listed)."""
+        known = {f.name for f in fields(PhaseLockSettings)}
+        unknown = set(changes) - known
+        if unknown:
+            raise KeyError(f"unknown phase-lock setting(s) {sorted(unknown)}; known: {sorted(known)}")
+        candidate = PhaseLockSettings(**{**asdict(self.settings), **changes})
+        candidate.validate()
+        self.settings = candidate
+
+    def status(self) -> dict:
+        deg = math.degrees
+        return {
+            "state": self.state,
+            "locked": self.state == "locked",
+            "phase_deg": None if self.phase_rad is None else deg(self.phase_rad),
+            "phase_error_deg": None if self.error_rad is None else deg(self.error_rad),
+            "actuator_v": self.command_v,
+            "visibility": self.settings.visibility,
+            "drift_deg_per_s": deg(self.drift_rad) / self.settings.cycle_s,
+            "cycles": self.cycles,
+            "relocks": self.relocks,
+            "rewinds": self.rewinds,
+            "sign_checks": self.sign_checks,
+            "sign_flips": self.sign_flips,
+        }
+
+    # -- the actuator model ---------------------------------------------------------------
+
+    @property
+    def _k(self) -> float:
+        return TWO_PI / self.settings.volts_per_2pi
+
+    def _decay(self, dt_s: float) -> float:
+        tau = self.settings.actuator_tau_s
+        return 0.0 if tau <= 0 else math.exp(-dt_s / tau)
+
+    def _command(self, target_v: float) -> float:
+        """Send a command so the effective voltage reaches ``target_v`` at the next burst."""
+        s = self.settings
+        # Where the stretcher is now (the previous command has been acting for one cycle).
+        self.effective_v = self.command_v + (self.effective_v - self.command_v) * self._decay(s.cycle_s)
+        a = self._decay(s.cycle_s - s.burst_s / 2)
+        command = (target_v - a * self.effective_v) / (1 - a) if a < 1 else target_v
+        # Overshooting to beat the mechanical lag is fine; past the rails it is not.
+        self.command_v = min(max(command, s.rail_low_v), s.rail_high_v)
+        self._target_v = target_v
+        return self.command_v
+
+    def _burst_v(self) -> float:
+        """Modelled effective voltage during the burst that was just measured."""
+        s = self.settings
+        return self.command_v + (self.effective_v - self.command_v) * self._decay(s.cycle_s - s.burst_s / 2)
+
+    # -- one cycle ------------------------------------------------------------------------
+
+    def update(self, n_plus: int, n_minus: int) -> float:
+        """Counts of the burst just ended -> the piezo voltage for the next cycle."""
+        s = self.settings
+        self.cycles += 1
+        total = int(n_plus) + int(n_minus)
+        if total < s.min_reference_counts:
+            if self.state != "no_reference":
+                self._state_before_dark = self.state
+            self.state = "no_reference"
+            self._dark_cycles += 1
+            self.error_rad = None
+            return self._command(self._target_v)  # hold: settle where we are, do not integrate
+        if self.state == "no_reference":
+            long_dark = self._dark_cycles >= s.resweep_after_dark_cycles
+            self._dark_cycles = 0
+            if long_dark or self._state_before_dark == "acquiring":
+                self._start_sweep()
+            else:
+                self.state = "relocking"
+        imbalance = (n_plus - n_minus) / total
+        burst_v = self._burst_v()
+        if self.state == "acquiring":
+            return self._sweep_step(imbalance, burst_v, total)
+        return self._track(imbalance, burst_v)
+
+    def _track(self, imbalance: float, burst_v: float) -> float:
+        s = self.settings
+        setpoint = math.radians(s.setpoint_deg)
+        c = min(max(imbalance / max(s.visibility, 0.05), -1.0), 1.0)
+        magnitude = math.acos(c)
+
+        def nearest(predicted: float) -> float:
+            return min((magnitude, -magnitude), key=lambda p: abs(float(wrap_rad(p - predicted))))
+
+        if self._probe is not None:
+            # The answer to a probe step of +probe: the right branch moved the phase to
+            # phi + probe, the mirror one to -phi + probe. Correct fully in one jump.
+            probe = math.radians(s.probe_deg)
+            right, mirror = nearest(self._probe + probe), nearest(-self._probe + probe)
+            # Flip only on a clear answer: a wrong flip costs a half-fringe excursion.
+            flipped = abs(float(wrap_rad(right - (self._probe + probe)))) - abs(
+                float(wrap_rad(mirror - (-self._probe + probe)))) > math.radians(s.probe_margin_deg)
+            phase = mirror if flipped else right
+            self.sign_flips += int(flipped)
+            self._probe = None
+            self._cusum = 0.0
+            self._last_step_rad = 0.0
+            self._dither_rad = 0.0
+            self._last_phase = None
+            self.phase_rad = float(wrap_rad(phase))
+            error = float(wrap_rad(setpoint - phase))
+            self.error_rad = error
+            self._last_error = 0.0
+            self.state = "locked" if abs(error) <= math.radians(s.error_limit_deg) else "relocking"
+            self._since_jump = 0
+            return self._command(self._rewound(self._target_v + error / self._k))
+
+        # Branch: the one nearest the predicted phase (the loop holds it at the setpoint, plus
+        # the known dither this burst saw).
+        dither = self._dither_rad
+        base_v = self._target_v - dither / self._k
+        phase = nearest(setpoint + dither - self._last_error)
+        self.phase_rad = float(wrap_rad(phase))
+        error = float(wrap_rad(setpoint + dither - phase))
+        self.error_rad = error
+        if self.state in ("locked", "relocking") and self._last_phase is not None:
+            # Right branch: the measured phase moved by the step sent (y ~ +d); mirror: y ~ -d.
+            moved = float(wrap_rad(phase - self._last_phase))
+            sigma = math.radians(s.sign_check_sigma_deg)
+            self._cusum = max(0.0, self._cusum - 2 * moved * self._last_step_rad / sigma ** 2)
+        self._last_phase = phase
+        if self._cusum > s.sign_check_llr:
+            self.sign_checks += 1
+            self._probe = phase
+            self._last_error = error
+            self._dither_rad = 0.0
+            return self._command(self._rewound(base_v + math.radians(s.probe_deg) / self._k))
+        self.drift_rad += s.kdrift * error
+        # Right after a jump (sign flip, sweep) the phase is known only to one burst's shot
+        # noise: average the next few bursts with falling gains (1/2, 1/3, ...) like a
+        # Kalman filter whose uncertainty shrinks, then the steady ki.
+        self._since_jump += 1
+        ki = max(s.ki, s.boost / (1 + self._since_jump))
+        step_rad = ki * error + s.kp * (error - self._last_error) + self.drift_rad
+        self._last_error = error
+        if abs(error) > math.radians(s.error_limit_deg):
+            self._bad_cycles += 1
+            if self._bad_cycles >= s.lost_after_cycles and self.state == "locked":
+                self.state = "relocking"
+                self.relocks += 1
+            if self.state == "relocking" and self._bad_cycles >= s.relock_sweep_cycles:
+                self._dither_rad = 0.0
+                self._start_sweep()
+                return self._command(self._sweep_next_v)
+        else:
+            self._bad_cycles = 0
+            self.state = "locked"
+        # Under suspicion (evidence for the mirror building up) the dither grows, so the
+        # question is settled in a cycle or two instead of a dozen.
+        amplitude = math.radians(min(s.dither_deg * (1.0 + self._cusum), s.dither_max_deg))
+        new_dither = -math.copysign(amplitude, dither) if dither else amplitude
+        self._last_step_rad = step_rad + new_dither - dither
+        self._dither_rad = new_dither
+        target = self._rewound(base_v + step_rad / self._k)
+        return self._command(target + new_dither / self._k)
+
+    def _rewound(self, target_v: float) -> float:
+        s = self.settings
+        fringe = s.volts_per_2pi
+        if target_v > s.rail_high_v - s.rail_margin_v or target_v < s.rail_low_v + s.rail_margin_v:
+            centre = 0.5 * (s.rail_low_v + s.rail_high_v)
+            target_v -= round((target_v - centre) / fringe) * fringe
+            self.rewinds += 1
+        return target_v
+
+    # -- acquisition: sweep one fringe, fit it -------------------------------------------
+
+    def _start_sweep(self) -> None:
+        s = self.settings
+        self.state = "acquiring"
+        self._sweep = []
+        self._bad_cycles = 0
+        self._last_error = 0.0
+        start = self._target_v
+        if start + s.sweep_span_v > s.rail_high_v - s.rail_margin_v:
+            start = 0.5 * (s.rail_low_v + s.rail_high_v)
+        self._sweep_start_v = start
+        self._sweep_next_v = start
+        self._sweep_settle = 3  # cycles to let the stretcher arrive before recording
+
+    def _sweep_step(self, imbalance: float, burst_v: float, total: int) -> float:
+        s = self.settings
+        if self._sweep_settle > 0:
+            self._sweep_settle -= 1
+        else:
+            self._sweep.append((burst_v, imbalance, total))
+        if self._sweep and self._sweep_next_v >= self._sweep_start_v + s.sweep_span_v:
+            return self._finish_sweep()
+        if self._sweep_settle == 0:
+            self._sweep_next_v += s.sweep_step_v
+        return self._command(self._sweep_next_v)
+
+    def _finish_sweep(self) -> float:
+        """Fit E = a cos(k v) + b sin(k v) + c (weighted by counts): the fringe's phase and
+        visibility; then go to the voltage that puts the phase at the setpoint."""
+        s = self.settings
+        v, e, n = (np.array(x, float) for x in zip(*self._sweep))
+        design = np.column_stack([np.cos(self._k * v), np.sin(self._k * v), np.ones_like(v)])
+        w = np.sqrt(n)
+        (a, b, _), *_ = np.linalg.lstsq(design * w[:, None], e * w, rcond=None)
+        amplitude = math.hypot(a, b)
+        # E = V cos(theta + k v) = V cos(theta) cos(kv) - V sin(theta) sin(kv)
+        theta = math.atan2(-b, a)
+        self.settings.visibility = min(max(amplitude, 0.05), 1.0)
+        setpoint = math.radians(s.setpoint_deg)
+        # The environment drifts during the sweep; theta is its mean. Aim from the last point.
+        target = (setpoint - theta) / self._k
+        centre = self._target_v
+        target += round((centre - target) / s.volts_per_2pi) * s.volts_per_2pi
+        self._sweep = None
+        self._dither_rad = 0.0
+        self.state = "relocking"
+        self._bad_cycles = 0
+        self._last_error = 0.0
+        self.drift_rad = 0.0
+        self._since_jump = 0
+        return self._command(self._rewound(target))
+
+
+# --- the simulated-time harness --------------------------------------------------------
+
+
+@dataclass
+class LockRun:
+    """What :func:`simulate_lock` measured, scored against the simulation's true phase."""
+
+    t_s: np.ndarray  # sample times (every ``sample_s``)
+    residual_deg: np.ndarray  # true phase minus setpoint, wrapped
+    actuator_v: np.ndarray  # commanded voltage per cycle
+    cycle_t_s: np.ndarray
+    states: list[str]  # per cycle
+    locked_at_s: float | None  # first time the lock stayed good (see relock_time_s)
+    kicks: list[tuple[float, float]]
+    controller: PhaseLock
+
+    def rms_deg(self, start_s: float, stop_s: float | None = None) -> float:
+        sel = self.t_s >= start_s
+        if stop_s is not None:
+            sel &= self.t_s < stop_s
+        return float(np.sqrt(np.mean(self.residual_deg[sel] ** 2)))
+
+    def rolling_rms_deg(self, window_s: float = 2e-3) -> np.ndarray:
+        """RMS of the residual over the ``window_s`` starting at each sample (nan near the end)."""
+        per = max(1, int(round(window_s / (self.t_s[1] - self.t_s[0]))))
+        c = np.concatenate(([0.0], np.cumsum(self.residual_deg ** 2)))
+        out = np.full(len(self.residual_deg), np.nan)
+        out[: len(out) - per + 1] = np.sqrt((c[per:] - c[:-per]) / per)
+        return out
+
+    def settled_at_s(self, after_s: float, limit_deg: float = 10.0, hold_s: float = 5e-3,
+                     window_s: float = 2e-3) -> float | None:
+        """First time after ``after_s`` from which the residual's RMS over any ``window_s``
+        stays below ``limit_deg`` for ``hold_s``. An RMS over a window, not single samples:
+        shot noise alone puts single samples past 10 deg now and then (the lock's RMS is
+        ~6 deg)."""
+        rms = self.rolling_rms_deg(window_s)
+        dt = self.t_s[1] - self.t_s[0]
+        hold = max(1, int(round(hold_s / dt)))
+        start = int(np.searchsorted(self.t_s, after_s))
+        bad = ~(rms[start:] <= limit_deg)  # nan (no full window left) counts as bad
+        # the last bad sample before each point: settled at i if no bad in [i, i + hold)
+        n = len(bad)
+        next_bad = np.full(n + 1, n)
+        for i in range(n - 1, -1, -1):
+            next_bad[i] = i if bad[i] else next_bad[i + 1]
+        ok = np.flatnonzero(next_bad[:n] - np.arange(n) >= hold)
+        return None if len(ok) == 0 else float(self.t_s[start + ok[0]])
+
+    def relock_ms(self, kick_s: float, **kw) -> float | None:
+        settled = self.settled_at_s(kick_s, **kw)
+        return None if settled is None else 1e3 * (settled - kick_s)
+
+
+def simulate_lock(config=None, *, duration_s: float = 1.0, settings: PhaseLockSettings | dict | None = None,
+                  kicks: list[tuple[float, float]] = (), dark: list[tuple[float, float]] = (),
+                  seed: int | None = None, sample_s: float = 50e-6, on_cycle=None) -> LockRun:
+    """Run a :class:`PhaseLock` against the simulated lab in simulated time.
+
+    The lab's interferometer (drift, acoustic line, stretcher with its 1 ms response) and its
+    reference bursts (PhotonSource clicks on D+ and D-, shot noise, dark counts) are the real
+    simulation; ``kicks`` are ``(t_s, delta_rad)`` jumps of the true phase and ``dark`` are
+    ``(t0_s, t1_s)`` intervals with the reference light off. ``on_cycle(cycle, lock)`` may
+    change settings while it runs. No sync or pair light is simulated (they do not reach the
+    lock).
+    """
+    from qnode.host.config import load_config
+    from qnode.sim.clock import SimClock
+    from qnode.sim.lab import LabModel
+    from qnode.sim.source import PhotonSource
+
+    config = load_config() if config is None else config
+    sim = config.sim.model_copy(update={"sync": None, "pair_source": None})
+    if seed is not None:
+        sim = sim.model_copy(update={"seed": seed})
+    if sim.reference is None or sim.heralding is None:
+        raise ValueError("simulate_lock needs [sim.reference] and [sim.heralding] in the config")
+    # Only the two reference detectors are simulated (the rest cannot reach the lock).
+    keep = {sim.heralding.channel_plus, sim.heralding.channel_minus}
+    fpga = config.fpga.model_copy(update={"channels": [c for c in config.fpga.channels if c.index in keep]})
+    lab_config = config.model_copy(update={"sim": sim, "fpga": fpga})
+    ref = sim.reference
+    cycle_ps, burst_ps = ref.cycle_ps, ref.burst_ps
+    base = {"cycle_s": cycle_ps * 1e-12, "burst_s": burst_ps * 1e-12}
+    if isinstance(settings, PhaseLockSettings):
+        settings = asdict(settings)
+    lock = PhaseLock({**base, **(settings or {})})
+
+    clock = SimClock()
+    lab = LabModel(lab_config, clock=clock, seed=sim.seed)
+    for t_s, delta in kicks:
+        lab.interferometer.kick(t_s, delta)
+    source = PhotonSource(lab_config, phase_rad=lab.phase_rad)
+    dark_sim = sim.model_copy(update={"reference": None})
+    lab.set_piezo_voltage_v(lock.command_v)
+    plus, minus = sim.heralding.channel_plus, sim.heralding.channel_minus
+
+    n_cycles = int(round(duration_s * 1e12 / cycle_ps))
+    actuator, cycle_t, states = np.empty(n_cycles), np.empty(n_cycles), []
+    sample_ps = int(sample_s * 1e12)
+    offsets_ps = np.arange(0, cycle_ps, sample_ps, dtype=np.int64)
+    residual = np.empty((n_cycles, len(offsets_ps)))
+    for k in range(n_cycles):
+        t_cycle_s = k * cycle_ps * 1e-12
+        source.lab = dark_sim if any(a <= t_cycle_s < b for a, b in dark) else sim
+        clicks = source.generate(burst_ps)
+        ch = clicks["channel"]
+        n_plus, n_minus = int(np.count_nonzero(ch == plus)), int(np.count_nonzero(ch == minus))
+        if on_cycle is not None:
+            on_cycle(k, lock)
+        voltage = lock.update(n_plus, n_minus)
+        clock.advance((k * cycle_ps + burst_ps) * 1e-12 - clock.now_s())
+        lab.set_piezo_voltage_v(voltage)
+        source.generate(cycle_ps - burst_ps)
+        actuator[k], cycle_t[k] = voltage, t_cycle_s
+        states.append(lock.state)
+        # The actuator is known up to the next burst's end: score this cycle now (the lab keeps
+        # only a few seconds of actuator history).
+        setpoint = math.radians(lock.settings.setpoint_deg)
+        residual[k] = np.degrees(wrap_rad(lab.phase_rad(k * cycle_ps + offsets_ps) - setpoint))
+
+    t_ps = (np.arange(n_cycles, dtype=np.int64)[:, None] * cycle_ps + offsets_ps).ravel()
+    run = LockRun(t_s=t_ps * 1e-12, residual_deg=residual.ravel(), actuator_v=actuator, cycle_t_s=cycle_t,
+                  states=states, locked_at_s=None, kicks=list(kicks), controller=lock)
+    run.locked_at_s = run.settled_at_s(0.0)
+    return run
