@@ -31,6 +31,7 @@ import json
 import logging
 import threading
 import time
+import urllib.parse
 from collections.abc import Callable
 from importlib import resources
 from typing import Any
@@ -53,6 +54,7 @@ COINCIDENCE_WINDOW_PS = 2000  # coincidences: histogram counts within +-1 ns of 
 RATE_SPAN_S = 1.0  # coincidence, herald and event rates: differences over about this long
 MAX_HISTOGRAM_BINS = 10_000  # a page cannot make the daemon keep an enormous histogram
 CONTROL_TIMEOUT_S = 5.0
+MAX_LOGGED_ACTION = 300  # characters of an action's parameters in the log
 
 ACTIONS = frozenset({"record.start", "record.stop", "registers.write", "measure.reset"})
 READ_ONLY_LOOP_METHODS = frozenset({"loops.list", "loops.status"})
@@ -176,6 +178,7 @@ class DashboardServer:
         self._herald_history: collections.deque = collections.deque(maxlen=64)  # (wall s, total)
         self._g2_history: dict[tuple, collections.deque] = {}  # view -> (duration_ps, counts)
         self.updates_sent = 0
+        self._register_names: list[str] | None = None
 
     @classmethod
     def for_daemon(cls, daemon) -> "DashboardServer":
@@ -239,8 +242,15 @@ class DashboardServer:
         await runner.setup()
         tasks = []
         try:
-            site = web.TCPSite(runner, self.host, self.port)
-            await site.start()
+            try:
+                await web.TCPSite(runner, self.host, self.port).start()
+            except OSError as exc:
+                if not self.port:
+                    raise
+                # The port is taken (another daemon, a replay): serve anyway, where there is room.
+                await web.TCPSite(runner, self.host, 0).start()
+                log.warning("dashboard port %d is in use (%s); serving on port %d instead",
+                            self.port, exc.strerror, runner.addresses[0][1])
             self.port = runner.addresses[0][1]
             tasks = [asyncio.create_task(self._pump_streams()), asyncio.create_task(self._tick())]
             self._ready.set()
@@ -411,6 +421,7 @@ class DashboardServer:
         return web.json_response(self._info_dict())
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        _check_origin(request)
         ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
         await ws.prepare(request)
         page = _Page(ws, request.remote, self.default_view)
@@ -418,7 +429,7 @@ class DashboardServer:
             self._follow_loops(True)
         self._pages.add(page)
         # A page starts with what is known: the rates history and the log so far.
-        hello = {"type": "hello", **self._info_dict(), "view": list(page.view)}
+        hello = {"type": "hello", **self._info_dict(), "view": list(page.view), "registers": await self._registers()}
         await ws.send_str(_dumps(hello))
         try:
             async for msg in ws:
@@ -437,6 +448,15 @@ class DashboardServer:
                 self._follow_loops(False)
         return ws
 
+    async def _registers(self) -> list[str]:
+        """Register names for the page's register form (none when the daemon cannot say)."""
+        if self._register_names is None:
+            try:
+                self._register_names = [r["name"] for r in await self._control.call("registers.list")]
+            except (TimeoutError, api.ApiError):
+                return []
+        return self._register_names
+
     def _set_view(self, page: _Page, request: dict) -> str | None:
         try:
             a, b = int(request["channel_a"]), int(request["channel_b"])
@@ -453,6 +473,7 @@ class DashboardServer:
         return None
 
     async def _action(self, request: web.Request) -> web.Response:
+        _check_origin(request)
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -466,6 +487,8 @@ class DashboardServer:
         if not isinstance(params, dict):
             return _error(400, "BadParams", "params must be a JSON object")
         what = f"{method} {_dumps(params)}"
+        if len(what) > MAX_LOGGED_ACTION:
+            what = what[:MAX_LOGGED_ACTION] + "..."
         if not self.authorize(body.get("token")):
             reason = "wrong or missing token" if self.token_configured else "no dashboard token is configured"
             self.log_action(who, what, f"refused: {reason}")
@@ -478,6 +501,14 @@ class DashboardServer:
             return _error(409 if isinstance(exc, api.ApiError) else 504, kind, str(exc))
         self.log_action(who, what, "ok")
         return web.json_response({"result": result}, dumps=_dumps)
+
+
+def _check_origin(request: web.Request) -> None:
+    """Pages from another site may not use the dashboard's socket or actions (browsers send
+    Origin on those requests; scripts and tools that send none are not browsers)."""
+    origin = request.headers.get("Origin")
+    if origin is not None and urllib.parse.urlsplit(origin).netloc != request.host:
+        raise web.HTTPForbidden(text=f"cross-origin request from {origin} refused")
 
 
 def _error(status: int, type_: str, message: str) -> web.Response:

@@ -52,14 +52,15 @@ def daemon():
     d.close()
 
 
-def post_action(daemon, body: dict) -> tuple[int, dict]:
+def post_action(daemon, body: dict, headers: dict | None = None) -> tuple[int, dict | str]:
     request = urllib.request.Request(daemon.dashboard.url + "api/action", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"}, method="POST")
+                                     headers={"Content-Type": "application/json", **(headers or {})}, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.status, json.loads(reply.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
+        text = exc.read().decode()
+        return exc.code, json.loads(text) if text.startswith("{") else text
 
 
 def log_messages(sub: Subscriber, until: str, limit: int = 200) -> list[str]:
@@ -91,7 +92,7 @@ def test_config_takes_token_or_token_env_not_both():
     with pytest.raises(ConfigError, match=r"x.toml: dashboard: set token or token_env, not both"):
         parse_config(both, "x.toml")
     with pytest.raises(ConfigError, match=r"dashboard.bind"):
-        parse_config(text.replace("\nport = 0\n", "\nport = 0\nbind = 1\n"), "x.toml")
+        parse_config(text.replace("\nport = 8050\n", "\nport = 8050\nbind = 1\n"), "x.toml")
 
 
 def test_no_token_configured_means_every_action_is_refused(monkeypatch):
@@ -134,6 +135,33 @@ def test_actions_need_the_token_and_each_is_logged_with_who(daemon):
     status, reply = post_action(daemon, {"method": "stop", "token": TOKEN})
     assert status == 400 and reply["error"]["type"] == "NotAnAction"
     assert not daemon.wait(0)
+
+
+def test_pages_of_other_sites_cannot_act_or_listen(daemon):
+    evil = {"Origin": "http://evil.example"}
+    status, text = post_action(daemon, {"method": "record.start", "token": TOKEN}, headers=evil)
+    assert status == 403 and "cross-origin request from http://evil.example refused" in text
+    assert daemon.recorder is None
+    host = daemon.dashboard.url.split("/")[2]
+    status, reply = post_action(daemon, {"method": "record.stop", "token": TOKEN}, headers={"Origin": f"http://{host}"})
+    assert status == 409 and reply["error"]["type"] == "NotRecording"  # its own page: the action ran
+
+
+def test_a_taken_port_moves_the_dashboard_to_a_free_one(caplog):
+    from qnode.host.dashboard import DashboardServer
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = DashboardServer("tcp://127.0.0.1:9", "tcp://127.0.0.1:9", port=port).start()
+        try:
+            assert server.port not in (0, port)
+            with urllib.request.urlopen(server.url + "api/info", timeout=10) as reply:
+                assert json.loads(reply.read())["token_configured"] is False
+        finally:
+            server.stop()
+    assert f"dashboard port {port} is in use" in caplog.text
 
 
 def test_qnode_dashboard_prints_the_url(daemon):

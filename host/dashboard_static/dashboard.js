@@ -350,6 +350,7 @@ function hello(msg) {
     sel.innerHTML = msg.channels.map((c) => `<option value="${c.index}">${c.index} ${esc(c.name)}</option>`).join("");
     if (cur !== "") sel.value = cur;
   }
+  $("reg-names").innerHTML = (msg.registers || []).map((n) => `<option value="${esc(n)}">`).join("");
   if (wanted) sendView(wanted);
   else { $("g2-a").value = msg.view[0]; $("g2-b").value = msg.view[1]; $("g2-bin").value = msg.view[2]; $("g2-range").value = msg.view[3]; }
   updateMode();
