@@ -81,8 +81,12 @@ class SimulatedFpga:
         self.lab = lab
         PhotonSource(config).generate(1_000_000)  # load the compiled kernels before serving
         self.source = PhotonSource(config, phase_rad=lab.phase_rad if lab is not None else None)
-        self.delay_bins = {ch.index: ch.delay_ps // self.bin_ps for ch in fpga.channels}
-        self.enabled = {ch.index: ch.enabled for ch in fpga.channels}
+        # The timestamper's per-channel registers start from the config, as the daemon would
+        # write them; register writes (delay calibration, enabling a channel) act from the next
+        # production step on.
+        for ch in fpga.channels:
+            self._set("ts_delay_bins", round(ch.delay_ps / self.bin_ps), ch.index)
+            self._set("ts_enable", int(ch.enabled), ch.index)
         self.word_index = 0  # words handed to the link so far (the EVENTS frame index)
         self.epoch = -1  # epoch the receiver holds
         self.dropped = np.zeros(self.channels, np.int64)  # words not taken, per channel
@@ -91,6 +95,19 @@ class SimulatedFpga:
 
     def _set(self, name: str, value: int, index: int = 0) -> None:
         self.registers[REGISTER_MAP.address(name, index)] = value
+
+    def _get(self, name: str, index: int = 0) -> int:
+        return self.registers[REGISTER_MAP.address(name, index)]
+
+    @property
+    def delay_bins(self) -> dict[int, int]:
+        """Per-channel delay in bins, from the ``ts_delay_bins`` registers."""
+        return {c: self._get("ts_delay_bins", c) for c in range(self.channels)}
+
+    @property
+    def enabled(self) -> dict[int, bool]:
+        """Channels whose ``ts_enable`` register is set."""
+        return {c: bool(self._get("ts_enable", c)) for c in range(self.channels)}
 
     # -- requests -------------------------------------------------------------------
 

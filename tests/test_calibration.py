@@ -1,0 +1,109 @@
+"""Delay calibration, coincidence-window optimisation and the detector bias sweep on the simulated
+lab, scored against the simulation's true values (lab_configs/sim.toml)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from qnode.host.calibration import (
+    Pair, SimTagSource, analytic_window, calibrate_delays, correlation, fit_peak, optimise_window,
+)
+from qnode.host.config import load_config
+
+BIN_PS = 1000
+HERALD_TAIL_PS = 1000  # the emitters' lifetime (sim.heralding.emitter_lifetime_ps), known to the lab
+
+
+@pytest.fixture(scope="module")
+def config():
+    return load_config()
+
+
+def pulsed(config):
+    """The reference lab with the pair source pumped by the sync laser, so every channel
+    correlates with ch0 and every cable delay can be found relative to it."""
+    ps = config.sim.pair_source.model_copy(update={"pulsed": True})
+    return config.model_copy(update={"sim": config.sim.model_copy(update={"pair_source": ps})})
+
+
+def test_simulated_fpga_applies_delay_and_enable_registers(config):
+    source = SimTagSource(config)
+    t, ch = source.acquire(0.05)
+    assert np.count_nonzero(ch == 2) > 1000
+    source.write_register("ts_enable", 0, 2)
+    source.write_register("ts_delay_bins", 7, 1)
+    t2, ch2 = source.acquire(0.05)
+    assert np.count_nonzero(ch2 == 2) == 0
+    assert source.read_register("ts_delay_bins", 1) == 7
+    # the delay shows in the pair peak: arm b now arrives 7 bins earlier relative to arm a
+    source.write_register("ts_enable", 1, 2)
+    t3, ch3 = source.acquire(0.2)
+    fit = fit_peak(correlation(t3, ch3, 1, 2, BIN_PS, 20_000))
+    assert abs(fit.offset_ps - (4700 - 7000)) < BIN_PS / 2
+
+
+def test_delay_calibration_finds_every_cable_delay_within_one_bin(config):
+    truth = config.sim.cable_delay_ps  # {1: 3200, 2: 7900, 3: 12400, 4: 12900} relative to ch0
+    source = SimTagSource(pulsed(config))
+    pairs = [Pair(0, 1), Pair(0, 2), Pair(0, 3, "exp_tail", tail_ps=HERALD_TAIL_PS),
+             Pair(0, 4, "exp_tail", tail_ps=HERALD_TAIL_PS)]
+    cal = calibrate_delays(source, pairs, duration_s=1.0, verify_s=0.5)
+    assert cal.applied, cal.reason
+    for fit in cal.fits:
+        error_bins = abs(fit.offset_ps - truth[fit.channel_b]) / BIN_PS
+        assert error_bins < 1.0, f"ch{fit.channel_b}: {fit.offset_ps:.0f} ps vs {truth[fit.channel_b]} ps"
+        assert fit.offset_err_ps < BIN_PS
+    # written to the gateware: the latest channel gets 0, the others what brings them to it
+    assert cal.after_bins[4] == 0 and cal.after_bins[0] == 13
+    assert {c: source.read_register("ts_delay_bins", c) for c in range(5)} == cal.after_bins
+    # and the peaks now sit at zero, within one bin
+    assert all(abs(r) < BIN_PS for r in cal.residual_ps.values()), cal.residual_ps
+
+
+def test_continuous_pairs_give_the_arm_difference_to_a_fraction_of_a_bin(config):
+    # A CW pair source has no relation to the sync: only the difference of its arms is
+    # measurable, and because its photons fall anywhere in a bin the fit resolves it finely.
+    source = SimTagSource(config)
+    t, ch = source.acquire(1.0)
+    fit = fit_peak(correlation(t, ch, 1, 2, BIN_PS, 20_000))
+    assert fit.ok
+    assert abs(fit.offset_ps - (7900 - 3200)) < 0.1 * BIN_PS
+    assert abs(fit.offset_ps - 4700) < 5 * fit.offset_err_ps + 20
+
+
+def test_no_significant_peak_is_refused_and_nothing_is_written(config):
+    source = SimTagSource(config)
+    before = {c: source.read_register("ts_delay_bins", c) for c in range(8)}
+    # ch5 and ch6 see dark counts only: no peak
+    cal = calibrate_delays(source, [Pair(1, 2), Pair(5, 6)], duration_s=0.3)
+    assert not cal.applied
+    assert "5-6" in cal.reason and ("not significant" in cal.reason or "no pairs" in cal.reason)
+    assert {c: source.read_register("ts_delay_bins", c) for c in range(8)} == before
+
+
+def test_window_optimisation_agrees_with_the_analytic_optimum(config):
+    sim = config.sim
+    ps, det = sim.pair_source, sim.detector
+    eta = det.efficiency
+    singles_a = ps.rate_hz * ps.transmission_a * eta + det.dark_rate_hz
+    singles_b = ps.rate_hz * ps.transmission_b * eta + det.dark_rate_hz
+    pair_rate = ps.rate_hz * ps.transmission_a * ps.transmission_b * eta ** 2
+    sigma = math.sqrt(2) * det.jitter_ps
+    offset = sim.cable_delay_ps[2] - sim.cable_delay_ps[1]
+    source = SimTagSource(config)
+    t, ch = source.acquire(1.0)
+    hist = correlation(t, ch, 1, 2, BIN_PS, 20_000)
+    chosen = optimise_window(hist)
+    expected = analytic_window(pair_rate, singles_a, singles_b, sigma, offset, BIN_PS, 1.0)
+    assert (chosen.start_ps, chosen.stop_ps) == expected
+    # CAR and g2(0) of that window against the model: true pairs / accidentals in the window
+    accidentals = singles_a * singles_b * chosen.window_ps * 1e-12
+    assert chosen.car == pytest.approx(pair_rate / accidentals, rel=0.25)
+    assert chosen.g2_zero == pytest.approx(chosen.car + 1)
+    # a target CAR above the optimum's gives the widest window that meets it: one bin (the
+    # peak sits 70/30 across two bins, so the fuller bin alone has ~1.4x the CAR)
+    strict = optimise_window(hist, target_car=1.2 * chosen.car)
+    assert strict.car >= 1.2 * chosen.car and strict.window_ps == BIN_PS
+    with pytest.raises(ValueError, match="lower the target"):
+        optimise_window(hist, target_car=100 * chosen.car)
