@@ -107,3 +107,70 @@ def test_window_optimisation_agrees_with_the_analytic_optimum(config):
     assert strict.car >= 1.2 * chosen.car and strict.window_ps == BIN_PS
     with pytest.raises(ValueError, match="lower the target"):
         optimise_window(hist, target_car=100 * chosen.car)
+
+
+# --- detector bias sweep ------------------------------------------------------------------
+
+
+@pytest.fixture
+def snspd_lab(config):
+    """The simulated lab in simulated time with its Eos controller on a real socket."""
+    from qnode.drivers.registry import open_instrument
+    from qnode.sim.clock import SimClock
+    from qnode.sim.instruments.rack import InstrumentRack
+    from qnode.sim.lab import LabModel
+
+    clock = SimClock()
+    lab = LabModel(config, clock=clock)
+    only_snspd = config.model_copy(update={"instruments": {"snspd": config.instruments["snspd"]}})
+    with InstrumentRack(only_snspd, lab, any_free_port=True) as rack:
+        driver = open_instrument("snspd", rack.config_entry("snspd"))
+        try:
+            yield lab, clock, driver
+        finally:
+            driver.close()
+
+
+def test_bias_sweep_finds_the_model_plateau_and_switching_current(snspd_lab):
+    from qnode.host.bias_sweep import BiasSweepSettings, EosCounts, sweep_bias
+    from qnode.sim.snspd import Snspd
+
+    lab, clock, driver = snspd_lab
+    model = Snspd()
+    # the model's plateau: 98 % of the sigmoid at mid + width ln(49) (~8.95 uA); latch above 12 uA
+    plateau_start = model.sigmoid_mid_ua + model.sigmoid_width_ua * math.log(49)
+    settings = BiasSweepSettings(bias_fraction=0.85)
+    results = sweep_bias(EosCounts(driver, advance=clock.advance), settings)
+    assert len(results) == 4
+    for r in results:
+        assert r.ok, r.reason
+        assert r.plateau_start_ua == pytest.approx(plateau_start, abs=0.15)
+        assert model.switching_current_ua - settings.step_ua < r.switching_ua <= model.switching_current_ua
+        assert r.chosen_bias_ua == pytest.approx(0.85 * r.switching_ua)
+        # dark counts rise exponentially under the latch (estimated as the excess over the plateau)
+        at_switch = r.bias_ua.index(r.switching_ua)
+        assert r.dark_rate_hz[at_switch] > 10 * max(r.dark_rate_hz[len(r.dark_rate_hz) // 2], 1.0)
+    assert driver.bias_currents_ua() == [r.chosen_bias_ua for r in results]
+
+
+def test_bias_sweep_detects_the_latch_and_recovers(snspd_lab):
+    from qnode.host.bias_sweep import EosCounts, sweep_bias
+
+    lab, clock, driver = snspd_lab
+    driver.set_bias_current_ua(2, 13.0)  # latched before we start, too
+    assert lab.latched(2)
+    results = sweep_bias(EosCounts(driver, advance=clock.advance))
+    for r in results:
+        assert r.latched  # the sweep went past the switching current ...
+        assert r.recovered and r.final_rate_hz > 0.9 * r.plateau_rate_hz  # ... and brought it back
+    assert not any(lab.latched(ch) for ch in (1, 2, 3, 4))
+
+
+def test_bias_sweep_reports_a_sweep_that_never_latches(snspd_lab):
+    from qnode.host.bias_sweep import BiasSweepSettings, EosCounts, sweep_bias
+
+    lab, clock, driver = snspd_lab
+    before = driver.bias_currents_ua()
+    results = sweep_bias(EosCounts(driver, advance=clock.advance), BiasSweepSettings(stop_ua=11.0))
+    assert all(not r.ok and "raise stop_ua" in r.reason for r in results)
+    assert driver.bias_currents_ua() == before  # left where they were
