@@ -9,11 +9,14 @@ acquisition thread's throughput is measured as events/s from ``events_total`` ov
 - one headless Chromium page open (Debian's chromium, driven by playwright),
 
 at the lab's real speed (1x: the source offers about 1.3 M events/s) and at 8x (more than the
-process can take, so events/s is the capacity and any cost shows). The conditions are
+process can take, so events/s is the capacity and any cost shows). Beside events/s, which a
+shared machine makes noisy, it reports the CPU time of the daemon's threads (from /proc) per
+second: what the dashboard itself uses, and what its requests cost the control thread. The conditions are
 interleaved over ROUNDS rounds and the median is reported, so load from elsewhere on a shared
 machine spreads over all of them. With a page open it also reports the page's update rate
 (WebSocket updates/s the page received) and the rates plot's samples/s. Prints a table and
-writes bench/results/dashboard.json.
+writes bench/results/dashboard.json. Chromium runs on the same machine here (in a lab it is
+usually another one), so with a page open it competes for the cores too.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ def chromium() -> str | None:
     return path
 
 
+def thread_cpu_s(thread) -> float:
+    """CPU seconds (user + system) a thread has used, from /proc (Linux); NaN elsewhere."""
+    try:
+        fields = Path(f"/proc/self/task/{thread.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, AttributeError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(speed: float, dashboard: bool, page: bool, browser=None) -> dict:
     cfg = load_config()
     cfg.dashboard.enabled = dashboard
@@ -60,14 +72,19 @@ def measure(speed: float, dashboard: bool, page: bool, browser=None) -> dict:
             pg.wait_for_function("qnode.connected && qnode.updates > 0", timeout=30_000)
         time.sleep(SETTLE_S)
         lost0 = daemon._losses()["link_words"]
+        threads = {t.name.removeprefix("qnode-"): t for t in daemon._threads}
+        if daemon.dashboard is not None:
+            threads["dashboard"] = daemon.dashboard._thread
+        cpu0 = {name: thread_cpu_s(t) for name, t in threads.items()}
         n0, t0 = daemon.events_total, time.monotonic()
         u0 = pg.evaluate("[qnode.updates, qnode.rateSamples]") if pg else None
         time.sleep(WINDOW_S)
         n1, t1 = daemon.events_total, time.monotonic()
         u1 = pg.evaluate("[qnode.updates, qnode.rateSamples]") if pg else None
         lost = daemon._losses()["link_words"] - lost0
+        cpu = {f"cpu_{name}_percent": 100 * (thread_cpu_s(t) - cpu0[name]) / (t1 - t0) for name, t in threads.items()}
         out = {"sim_speed": speed, "dashboard": dashboard, "pages": int(page), "window_s": t1 - t0,
-               "events_per_s": (n1 - n0) / (t1 - t0), "link_words_lost": lost}
+               "events_per_s": (n1 - n0) / (t1 - t0), "link_words_lost": lost, **cpu}
         if pg is not None:
             out["page_updates_per_s"] = (u1[0] - u0[0]) / (t1 - t0)
             out["rates_plot_samples_per_s"] = (u1[1] - u0[1]) / (t1 - t0)
@@ -117,7 +134,7 @@ def main():
     table = Table(title=f"daemon throughput with the dashboard: median of {ROUNDS} windows of {WINDOW_S:g} s, "
                         "in-process simulated lab")
     for col in ("sim speed", "dashboard", "pages", "events/s", "vs. off", "page updates/s", "plot samples/s",
-                "link words lost"):
+                "CPU % acquisition", "CPU % control", "CPU % dashboard"):
         table.add_column(col, justify="right")
     for r in rows:
         ref = next(x for x in rows if x["sim_speed"] == r["sim_speed"] and not x["dashboard"])
@@ -126,7 +143,8 @@ def main():
                       f"{r['events_per_s'] / 1e6:.3f} M", f"{r['vs_off']:.3f}",
                       f"{r['page_updates_per_s']:.1f}" if "page_updates_per_s" in r else "",
                       f"{r['rates_plot_samples_per_s']:.1f}" if "rates_plot_samples_per_s" in r else "",
-                      f"{r['link_words_lost']:,}")
+                      f"{r['cpu_acquisition_percent']:.1f}", f"{r['cpu_control_percent']:.1f}",
+                      f"{r['cpu_dashboard_percent']:.1f}" if "cpu_dashboard_percent" in r else "")
     console.print(table)
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "dashboard.json"

@@ -176,7 +176,7 @@ class DashboardServer:
         # differences for rates
         self._events_history: collections.deque = collections.deque(maxlen=64)  # (wall s, events_total)
         self._herald_history: collections.deque = collections.deque(maxlen=64)  # (wall s, total)
-        self._g2_history: dict[tuple, collections.deque] = {}  # view -> (duration_ps, counts)
+        self._g2_history: dict[tuple, collections.deque] = {}  # view -> (duration_ps, counts), ~1.5 s
         self.updates_sent = 0
         self._register_names: list[str] | None = None
 
@@ -194,7 +194,9 @@ class DashboardServer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "[::1]"}.get(self.host, self.host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
         return f"http://{host}:{self.port}/"
 
     # -- life cycle -------------------------------------------------------------------
@@ -256,8 +258,8 @@ class DashboardServer:
             self._ready.set()
             await self._stopping.wait()
         finally:
-            for page in list(self._pages):
-                await page.ws.close(code=1001, message=b"daemon stopping")
+            await asyncio.gather(*(page.ws.close(code=1001, message=b"daemon stopping") for page in list(self._pages)),
+                                 return_exceptions=True)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -314,7 +316,10 @@ class DashboardServer:
             except (TimeoutError, api.ApiError) as exc:
                 common = {"daemon_error": str(exc)}
             g2s = {}
-            for view in {p.view for p in self._pages}:
+            views = {p.view for p in self._pages}
+            for view in set(self._g2_history) - views:
+                del self._g2_history[view]  # nobody looks at it any more
+            for view in views:
                 try:
                     g2s[view] = await self._poll_g2(view)
                 except (TimeoutError, api.ApiError) as exc:
@@ -356,7 +361,7 @@ class DashboardServer:
         g2 = await self._control.call("measure.g2", channel_a=a, channel_b=b, bin_ps=bin_ps, range_ps=range_ps,
                                       window_ps=COINCIDENCE_WINDOW_PS)
         counts = np.asarray(g2["counts"])
-        history = self._g2_history.setdefault(view, collections.deque(maxlen=64))
+        history = self._g2_history.setdefault(view, collections.deque(maxlen=int(1.5 * RATE_SPAN_S / TICK_S)))
         history.append((g2["duration_ps"], counts))
         coincidence_hz = None
         if "peak_ps" in g2:
@@ -422,7 +427,9 @@ class DashboardServer:
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         _check_origin(request)
-        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024)
+        # No compression: it would cost the daemon's process CPU for a few kB per update; a short
+        # close timeout: a frozen page cannot hold up the daemon's shutdown.
+        ws = web.WebSocketResponse(heartbeat=10.0, max_msg_size=64 * 1024, compress=False, timeout=2.0)
         await ws.prepare(request)
         page = _Page(ws, request.remote, self.default_view)
         if not self._pages:

@@ -325,6 +325,15 @@ def test_screenshot_after_ten_seconds(page):
     page.errors.check()
 
 
+def test_a_dropped_connection_comes_back_without_doubling_the_history(page):
+    samples = page.evaluate("qnode.rates.length")
+    page.evaluate("qnode.ws.close()")
+    page.wait_for_function(f"qnode.connected && qnode.reconnects >= 1 && qnode.rates.length > {samples}")
+    times = page.evaluate("qnode.rates.map((r) => r.t)")
+    assert times == sorted(set(times))  # each rates sample once, in order
+    page.errors.check()
+
+
 def test_page_reconnects_when_the_daemon_restarts(browser):
     with socket.socket() as s:  # the restarted daemon must serve the page on the same port
         s.bind(("127.0.0.1", 0))

@@ -336,11 +336,14 @@ function connect() {
 }
 
 function hello(msg) {
+  // The server sends its rates history, log and loop traces to every new connection: start those
+  // afresh. The coincidence history is the page's own; it goes only when the daemon is a new one.
   if (state.startedWall !== null && state.startedWall !== msg.started_wall) {
-    // A new daemon: its history starts now.
-    state.rates = []; state.coinc = []; state.loops = {}; state.instrumentsTime = undefined; state.rateSamples = 0;
-    $("loops").innerHTML = '<p class="empty" id="no-loops">no loops running</p>';
+    state.coinc = []; state.rateSamples = 0;
   }
+  state.rates = []; state.loops = {}; state.instrumentsTime = undefined;
+  $("loops").innerHTML = '<p class="empty" id="no-loops">no loops running</p>';
+  $("log").innerHTML = '<p class="empty" id="no-log">nothing logged yet</p>';
   const wanted = state.view;  // keep the page's histogram choice across reconnects
   state.info = msg; state.startedWall = msg.started_wall; state.view = msg.view;
   $("node").textContent = msg.node;
