@@ -117,6 +117,44 @@ class Dashboard(Strict):
         return self
 
 
+class DelayPair(Strict):
+    """One channel pair of the delay calibration (host/calibration.py)."""
+
+    channel_a: int = Field(ge=0, lt=MAX_CHANNELS)
+    channel_b: int = Field(ge=0, lt=MAX_CHANNELS)
+    shape: Literal["gaussian", "exp_tail"] = "gaussian"
+    tail_ps: float | None = Field(None, gt=0, description="exp_tail: the emitter lifetime, if known")
+    range_ps: int = Field(20_000, gt=0)
+
+
+class Tolerances(Strict):
+    """What the nightly calibration accepts; beyond any of these it exits 1."""
+
+    delay_change_bins: float = Field(0.5, gt=0, description="a pair's peak moved by more than this since last night")
+    delay_error_bins: float = Field(1.0, gt=0, description="a peak still this far from zero after applying")
+    car_min: float = Field(100.0, ge=0)
+    car_change_fraction: float = Field(0.3, gt=0, description="CAR changed by more than this fraction since last night")
+    bias_change_ua: float = Field(0.3, gt=0, description="plateau start or switching current moved by more")
+    phase_rms_max_deg: float = Field(10.0, gt=0)
+    relock_max_ms: float = Field(10.0, gt=0)
+
+
+class Calibration(Strict):
+    """The calibrations and the nightly job (host/nightly.py, docs/calibration.md)."""
+
+    history: Path = Field(Path("runs/calibration/history.json"), description="results of past nights")
+    report_directory: Path = Path("runs/calibration")
+    delay_pairs: list[DelayPair] = Field(default_factory=list)
+    delay_seconds: float = Field(2.0, gt=0)
+    window_pair: tuple[int, int] | None = Field(None, description="channel pair whose coincidence window is optimised")
+    target_car: float | None = Field(None, gt=0, description="widest window meeting this CAR, instead of max C/sqrt(C+A)")
+    bias: dict[str, Any] = Field(default_factory=dict, description="bias sweep settings (host/bias_sweep.py)")
+    bias_instrument: str | None = Field(None, description="the SNSPD controller in [instruments]")
+    phase_seconds: float = Field(1.0, gt=0, description="simulated lab: phase-lock run scored on the true phase")
+    phase_kicks: bool = Field(True, description="simulated lab: a pi and a 2 pi kick during the phase-lock run")
+    tolerances: Tolerances = Field(default_factory=Tolerances)
+
+
 # --- the simulated lab's physics (used when fpga.board == "sim") -------------------------
 
 
@@ -200,6 +238,7 @@ class LabConfig(Strict):
     loops: dict[str, Loop] = Field(default_factory=dict)
     recording: Recording = Field(default_factory=Recording)
     dashboard: Dashboard = Field(default_factory=Dashboard)
+    calibration: Calibration = Field(default_factory=Calibration)
     sim: SimLab | None = None
 
     source_path: Path | None = Field(None, exclude=True)

@@ -1,0 +1,83 @@
+"""The nightly calibration job on the simulated lab: its three exit codes, its report, and drift."""
+
+import json
+
+import pytest
+
+from qnode.host.config import load_config
+from qnode.host.nightly import EXIT_COULD_NOT_RUN, EXIT_OK, EXIT_OUT_OF_TOLERANCE, run_nightly
+
+
+def variant(config, *, cable_delay_ps=None, **calibration):
+    sim = config.sim
+    if cable_delay_ps is not None:
+        sim = sim.model_copy(update={"cable_delay_ps": {**sim.cable_delay_ps, **cable_delay_ps}})
+    cal = config.calibration.model_copy(update=calibration)
+    return config.model_copy(update={"sim": sim, "calibration": cal})
+
+
+@pytest.fixture(scope="module")
+def first_night(tmp_path_factory):
+    out = tmp_path_factory.mktemp("nightly")
+    config = variant(load_config(), delay_seconds=1.0)
+    code, report, report_dir = run_nightly(config, out_dir=out, history_path=out / "history.json")
+    return code, report, report_dir, out
+
+
+def test_reference_lab_is_within_tolerance_and_reported(first_night):
+    code, report, report_dir, out = first_night
+    assert code == EXIT_OK, report["failures"] + report["errors"]
+    saved = json.loads((report_dir / "report.json").read_text())
+    for key in ("exit_code", "delay_error_bins", "car", "g2_zero", "bias_fraction", "phase_rms_deg", "relock_ms",
+                "wall_s", "drift"):
+        assert key in saved, key
+    assert saved["exit_code"] == 0
+    assert set(saved["delay_error_bins"]) == {"1-2", "0-3", "0-4"}
+    assert all(abs(v) <= 1.0 for v in saved["delay_error_bins"].values())
+    # the simulation's truth, recorded beside the result: every pair within one bin of it
+    truth = saved["details"]["sim_truth"]["delay_error_vs_truth_bins"]
+    assert all(abs(v) < 1.0 for v in truth.values()), truth
+    assert saved["car"] > 100 and saved["g2_zero"] == pytest.approx(saved["car"] + 1)
+    assert saved["bias_fraction"] == pytest.approx(0.85, abs=0.01)
+    assert saved["phase_rms_deg"] <= 10 and saved["relock_ms"] <= 10
+    html = (report_dir / "report.html").read_text()
+    for plot in ("delays", "window", "bias", "phase", "drift"):
+        assert (report_dir / f"{plot}.png").stat().st_size > 1000
+        assert f'src="{plot}.png"' in html
+    assert json.loads((out / "history.json").read_text())["nights"][-1]["exit_code"] == 0
+
+
+def test_a_changed_cable_delay_is_reported_as_drift(first_night):
+    _, first, _, out = first_night
+    # tonight spdc_b's fibre is 2 ns longer than last night
+    config = variant(load_config(), cable_delay_ps={2: 7900 + 2000}, delay_seconds=1.0, bias_instrument=None,
+                     phase_seconds=0.3, phase_kicks=False)
+    code, report, _ = run_nightly(config, out_dir=out, history_path=out / "history.json")
+    assert code == EXIT_OUT_OF_TOLERANCE
+    drift = {d["quantity"]: d for d in report["drift"]}
+    assert not drift["delay 1-2"]["ok"]
+    assert drift["delay 1-2"]["change"] == pytest.approx(2.0, abs=0.2)  # bins
+    assert drift["delay 0-3"]["ok"] and drift["delay 0-4"]["ok"]
+    assert any("delay 1-2 drifted" in f and "+2" in f for f in report["failures"])
+    # the calibration itself still worked: the peak was put back at zero
+    assert abs(report["delay_error_bins"]["1-2"]) <= 1.0
+
+
+def test_no_lab_and_no_daemon_is_could_not_run(tmp_path):
+    config = load_config()
+    config = config.model_copy(update={"fpga": config.fpga.model_copy(update={"link": "/dev/ttyUSB7"})})
+    code, report, report_dir = run_nightly(config, out_dir=tmp_path, history_path=tmp_path / "history.json")
+    assert code == EXIT_COULD_NOT_RUN
+    assert "--daemon" in report["errors"][0]
+    assert json.loads((report_dir / "report.json").read_text())["exit_code"] == 2
+
+
+def test_an_unreadable_history_is_could_not_run_and_left_alone(tmp_path):
+    history = tmp_path / "history.json"
+    history.write_text("{not json")
+    config = variant(load_config(), delay_seconds=0.3, delay_pairs=[], window_pair=None, bias_instrument=None,
+                     phase_seconds=0.1, phase_kicks=False)
+    code, report, _ = run_nightly(config, out_dir=tmp_path, history_path=history)
+    assert code == EXIT_COULD_NOT_RUN
+    assert "move it away" in report["errors"][0]
+    assert history.read_text() == "{not json"
