@@ -253,6 +253,51 @@ def dashboard(control, open_browser):
         webbrowser.open(info["url"])
 
 
+@main.command()
+@click.argument("what", required=False, type=click.Choice(["delays", "window", "bias", "phase"]))
+@click.option("--nightly", is_flag=True, help="all calibrations, compared with last night; exit 0 ok, 1 out of tolerance, 2 could not run")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="lab config (default: the packaged lab_configs/sim.toml)")
+@click.option("--daemon", "daemon_url", default=None,
+              help="control URL of a running daemon (default: start the simulated lab in-process)")
+@click.option("--stream", "stream_url", default=None, help="the daemon's stream URL (default tcp://127.0.0.1:5556)")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="report directory (default: [calibration] report_directory)")
+@click.option("--history", "history_file", type=click.Path(dir_okay=False), default=None,
+              help="history file (default: [calibration] history)")
+def calibrate(what, nightly, config_file, daemon_url, stream_url, out, history_file):
+    """Calibrate: `--nightly` runs bias, delays, window and phase lock and writes a report;
+    `qnode calibrate delays|window|bias|phase` runs one (no history). See docs/calibration.md."""
+    from pathlib import Path
+
+    from .nightly import EXIT_COULD_NOT_RUN, STEPS, run_nightly
+
+    if nightly == (what is not None):
+        click.echo("say either --nightly or one of: delays, window, bias, phase", err=True)
+        sys.exit(EXIT_COULD_NOT_RUN)
+    try:
+        cfg = load_config(config_file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_COULD_NOT_RUN)
+    code, report, report_dir = run_nightly(
+        cfg, daemon_url=daemon_url, stream_url=stream_url, out_dir=Path(out) if out else None,
+        history_path=Path(history_file) if history_file else None,
+        steps=STEPS if nightly else (what,), record_history=nightly)
+    verdict = {0: "all within tolerance", 1: "OUT OF TOLERANCE", 2: "COULD NOT RUN"}[code]
+    for key in ("delay_error_bins", "delays_bins", "car", "g2_zero", "window_ps", "bias_fraction", "phase_rms_deg",
+                "relock_ms"):
+        if report.get(key) not in (None, {}):
+            value = report[key]
+            click.echo(f"{key}: {value:.4g}" if isinstance(value, float) else f"{key}: {value}")
+    for line in report["failures"]:
+        click.echo(f"out of tolerance: {line}")
+    for line in report["errors"]:
+        click.echo(f"could not run: {line}", err=True)
+    click.echo(f"exit {code}: {verdict} ({report['wall_s']:.1f} s); report {report_dir / 'report.html'}")
+    sys.exit(code)
+
+
 main.add_command(gateware)
 main.add_command(sim)
 

@@ -180,9 +180,14 @@ def _drift(night: Night, quantity: str, previous, current, tolerance: float, uni
                               f"tolerance {tolerance:g}{'' if relative else ' ' + unit})")
 
 
+STEPS = ("bias", "delays", "window", "phase")
+
+
 def run_nightly(config: LabConfig, *, daemon_url: str | None = None, stream_url: str | None = None,
-                out_dir: Path | None = None, history_path: Path | None = None) -> tuple[int, dict, Path]:
-    """Run the job; returns (exit code, the JSON report, the report's directory)."""
+                out_dir: Path | None = None, history_path: Path | None = None,
+                steps: tuple[str, ...] = STEPS, record_history: bool = True) -> tuple[int, dict, Path]:
+    """Run the job; returns (exit code, the JSON report, the report's directory). ``steps``
+    picks calibrations (the one-shot ``qnode calibrate delays`` runs one, without history)."""
     t0 = time.monotonic()
     cal = config.calibration
     started = dt.datetime.now().astimezone()
@@ -196,7 +201,7 @@ def run_nightly(config: LabConfig, *, daemon_url: str | None = None, stream_url:
     except RuntimeError as exc:
         history = []
         night.errors.append(str(exc))
-    previous = _previous(history)
+    previous = _previous(history) if record_history else None
     lock_run = None
     try:
         if daemon_url is not None:
@@ -210,6 +215,8 @@ def run_nightly(config: LabConfig, *, daemon_url: str | None = None, stream_url:
                                "start `qnode daemon` and pass its control address")
         with bench:
             for name, step in (("bias", _bias), ("delays", _delays), ("window", _window), ("phase", _phase)):
+                if name not in steps:
+                    continue
                 try:
                     out = step(night, bench, previous)
                     if name == "phase":
@@ -234,7 +241,7 @@ def run_nightly(config: LabConfig, *, daemon_url: str | None = None, stream_url:
     report["plots"] = night.plots
     (report_dir / "report.json").write_text(json.dumps(report, indent=2, default=_json_default))
     (report_dir / "report.html").write_text(_html(report))
-    if exit_code != EXIT_COULD_NOT_RUN or not history_path.exists():
+    if record_history and (exit_code != EXIT_COULD_NOT_RUN or not history_path.exists()):
         history_path.parent.mkdir(parents=True, exist_ok=True)
         history_path.write_text(json.dumps({"nights": nights}, indent=1, default=_json_default))
     return exit_code, report, report_dir
