@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -257,6 +258,7 @@ def test_loop_status_appears_with_its_state_and_trace(page, daemon):
     for i in range(30):
         daemon.publisher.post("loops.phase_lock", {"state": "locked", "locked": True, "phase_error_deg": (-1) ** i * 3.0,
                                                    "phase_deg": 90.0, "actuator_v": 41.5, "cycles": i})
+        time.sleep(0.03)  # spread over a second, like a loop's status, so the trace has a width
     page.wait_for_selector("#loop-phase_lock")
     assert not page.is_visible("text=no loops running")
     assert page.text_content("#loop-phase_lock .state") == "locked"
