@@ -95,6 +95,8 @@ def _serve(daemon, banner: str, until_finished: bool = False) -> None:
         click.echo(f"daemon could not start: {type(exc).__name__}: {exc}", err=True)
         sys.exit(2)
     click.echo(f"{banner}: control {daemon.control_url}, streams {daemon.stream_url}")
+    if getattr(daemon, "dashboard", None) is not None:
+        click.echo(f"dashboard {daemon.dashboard.url}")
     sys.stdout.flush()
     try:
         while not daemon.wait(0.2):

@@ -25,16 +25,19 @@ import numpy as np
 
 from qnode.firmware import link
 from qnode.firmware.events import (
-    LOSS_COUNT_MAX, PROTOCOL_VERSION, TIME_BITS, Kind, LossReason, encode_events, header_word,
+    LOSS_COUNT_MAX, PROTOCOL_VERSION, Kind, LossReason, StreamDecoder, encode_events, epoch_word,
+    header_word,
 )
 from qnode.firmware.registers import REGISTER_MAP, Access
 from qnode.host.config import LabConfig
 
 from .source import PhotonSource
+from .twin import COUNTER_NAMES, Twin, TwinConfig, edges_from_pulses
 
 log = logging.getLogger(__name__)
 
 STEP_PS = 10_000_000_000  # 10 ms of lab time per production step
+PULSE_WIDTH_PS = 3_000  # detector output pulses as the FPGA pins see them
 SEND_BUFFER_LIMIT = 8 << 20  # bytes queued to a client before the device drops words
 
 
@@ -87,6 +90,9 @@ class SimulatedFpga:
         for ch in fpga.channels:
             self._set("ts_delay_bins", round(ch.delay_ps / self.bin_ps), ch.index)
             self._set("ts_enable", int(ch.enabled), ch.index)
+            self._set("ts_edge", int(ch.edge == "falling"), ch.index)
+            self._set("ts_dead_time_bins", round(ch.dead_time_ps / self.bin_ps), ch.index)
+        self.pulse_width_bins = max(1, PULSE_WIDTH_PS // self.bin_ps)
         self.word_index = 0  # words handed to the link so far (the EVENTS frame index)
         self.epoch = -1  # epoch the receiver holds
         self.dropped = np.zeros(self.channels, np.int64)  # words not taken, per channel
@@ -133,6 +139,10 @@ class SimulatedFpga:
                     return self._error(frame, link.ErrorCode.READ_ONLY, address)
                 if self._access[address] == Access.RW:
                     self.registers[address] = value
+                elif address == REGISTER_MAP.address("ts_counters_clear") and value & 1:
+                    for name in COUNTER_NAMES:
+                        for c in range(REGISTER_MAP[name].count):
+                            self.registers[REGISTER_MAP.address(name, c)] = 0
                 readback = self.registers[address] if self._access[address] == Access.RW else 0
                 return link.encode_frame(T.REG_ACK, frame.seq, link.struct.pack("<HI", address, readback))
         except link.struct.error:
@@ -144,33 +154,59 @@ class SimulatedFpga:
 
     # -- the event stream ---------------------------------------------------------------
 
-    def produce(self, duration_ps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Tags for the next ``duration_ps`` of lab time: (channel, time_bins), time-ordered."""
+    def twin_config(self) -> TwinConfig:
+        """The twin's build parameters and the timestamper registers as they stand now."""
+        n = self.channels
+        return TwinConfig(
+            channels=n, oversampling=self.config.fpga.oversampling, sys_clk_hz=self.config.fpga.sys_clk_hz,
+            enable=[self._get("ts_enable", c) for c in range(n)],
+            edge=[self._get("ts_edge", c) for c in range(n)],
+            delay_bins=[self._get("ts_delay_bins", c) for c in range(n)],
+            dead_time_bins=[self._get("ts_dead_time_bins", c) for c in range(n)],
+        )
+
+    def produce(self, duration_ps: int) -> np.ndarray:
+        """Event words for the next ``duration_ps`` of lab time, from the gateware's twin.
+
+        Each step runs the twin from its first click (the pipeline drains at the end of the
+        step), so dead time does not carry across steps and, when channels have different
+        delays, a tag at a step boundary may trail one from the previous step by up to the
+        delay difference: documented limits of the simulated FPGA, not of the gateware.
+        """
         if self.lab is not None:
             self.lab.apply_to(self.source)
         clicks = self.source.generate(duration_ps)
-        ch = clicks["channel"]
-        keep = np.array([self.enabled.get(c, False) for c in range(self.channels)])[ch]
-        delay = np.array([self.delay_bins.get(c, 0) for c in range(self.channels)], np.int64)
-        bins = clicks["time_ps"][keep] // self.bin_ps + delay[ch[keep]]
-        ch = ch[keep]
-        if np.any(delay):
-            order = np.lexsort((ch, bins))
-            ch, bins = ch[order], bins[order]
-        return ch, bins
+        if len(clicks) == 0:
+            return np.empty(0, np.uint64)
+        cfg = self.twin_config()
+        bins = clicks["time_ps"] // self.bin_ps
+        cfg.start_now = int(bins[0]) // cfg.oversampling
+        edges = edges_from_pulses(bins, clicks["channel"], self.pulse_width_bins, cfg)
+        result = Twin(cfg).run(edges=edges)
+        for name, values in result.counters.items():
+            for c, v in enumerate(values):
+                address = REGISTER_MAP.address(name, c)
+                self.registers[address] = (self.registers[address] + int(v)) & 0xFFFF_FFFF
+        words = result.words
+        return words[1:] if len(words) and (int(words[0]) >> 60) == Kind.HEADER else words
 
-    def drop(self, channel: np.ndarray, time_bins: np.ndarray) -> None:
-        """Words the link could not take: counted per channel for LOSS records."""
-        if len(channel) == 0:
+    def drop(self, words: np.ndarray) -> None:
+        """Words the link could not take: counted per channel, to be sent as LOSS records."""
+        if len(words) == 0:
             return
-        counts = np.bincount(channel, minlength=self.channels)
-        for c in np.flatnonzero(counts):
+        decoder = StreamDecoder(bin_ps=self.bin_ps, channels=self.channels)
+        events = decoder.decode(words)  # each step's words decode on their own (epoch 0 start)
+        counts = np.where(events["kind"] == Kind.LOSS, events["aux"] & LOSS_COUNT_MAX, 1)
+        per_channel = np.bincount(events["channel"], weights=counts, minlength=self.channels)
+        bins = events["time_ps"] // self.bin_ps
+        for c in np.flatnonzero(per_channel):
             if self.first_dropped_bins[c] < 0:
-                self.first_dropped_bins[c] = time_bins[np.argmax(channel == c)]
-        self.dropped += counts
+                self.first_dropped_bins[c] = bins[np.argmax(events["channel"] == c)]
+        self.dropped += per_channel.astype(np.int64)
 
-    def words(self, channel: np.ndarray, time_bins: np.ndarray) -> np.ndarray:
-        """Encode tags (with any pending loss records first) into the words the link carries."""
+    def with_losses(self, words: np.ndarray) -> np.ndarray:
+        """The words the link carries: a HEADER first of all, then LOSS records (reason OUTPUT)
+        for what was dropped since the last call, then ``words``."""
         kinds, chans, aux, times = [], [], [], []
         for c in np.flatnonzero(self.dropped):
             left = int(self.dropped[c])
@@ -183,16 +219,23 @@ class SimulatedFpga:
                 left -= n
         self.dropped[:] = 0
         self.first_dropped_bins[:] = -1
-        all_kinds = np.concatenate([np.array(kinds, np.uint8), np.full(len(channel), Kind.TAG, np.uint8)])
-        all_ch = np.concatenate([np.array(chans, np.uint8), channel.astype(np.uint8)])
-        all_aux = np.concatenate([np.array(aux, np.uint32), np.zeros(len(channel), np.uint32)])
-        all_t = np.concatenate([np.array(times, np.int64), time_bins])
-        words, self.epoch = encode_events(all_kinds, all_ch, all_aux, all_t, epoch=self.epoch)
+        parts = []
         if not self._started:
             self._started = True
-            words = np.concatenate([[header_word(self.bin_ps, self.channels)], words]).astype(np.uint64)
-            self.epoch = 0 if len(all_t) == 0 else self.epoch
-        return words
+            parts.append(np.array([header_word(self.bin_ps, self.channels)], np.uint64))
+            self.epoch = 0
+        if kinds:
+            loss, self.epoch = encode_events(np.array(kinds, np.uint8), np.array(chans, np.uint8),
+                                             np.array(aux, np.uint32), np.array(times, np.int64),
+                                             epoch=self.epoch)
+            parts.append(loss)
+        if len(words):
+            # A step's words assume the receiver holds epoch 0 and start with an EPOCH otherwise.
+            if self.epoch not in (0, -1) and (int(words[0]) >> 60) != Kind.EPOCH:
+                parts.append(np.array([epoch_word(0)], np.uint64))
+            parts.append(words)
+            self.epoch = _last_epoch(words, 0)
+        return np.concatenate(parts).astype(np.uint64) if parts else np.empty(0, np.uint64)
 
     def frames(self, words: np.ndarray, epoch_before: int) -> list[bytes]:
         """EVENTS frames for ``words``; ``epoch_before`` is the epoch in force before them."""
@@ -279,14 +322,13 @@ class FpgaServer:
                 await asyncio.sleep(0)
 
     def _emit(self, step_ps: int) -> None:
-        channel, time_bins = self.device.produce(step_ps)
+        words = self.device.produce(step_ps)
         writer = self._writer
         if writer is None or writer.is_closing() or writer.transport.get_write_buffer_size() > SEND_BUFFER_LIMIT:
-            self.device.drop(channel, time_bins)
+            self.device.drop(words)
             return
         epoch_before = self.device.epoch
-        words = self.device.words(channel, time_bins)
-        for frame in self.device.frames(words, epoch_before):
+        for frame in self.device.frames(self.device.with_losses(words), epoch_before):
             if writer.is_closing():  # the host went away mid-step: the rest is lost on the link
                 break
             writer.write(frame)

@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from qnode.drivers.timetagger import LINK_LOSS_CHANNEL, TimeTagger
 from qnode.firmware import link
-from qnode.firmware.events import PROTOCOL_VERSION, Kind, LossReason, ProtocolVersionError, split_aux
+from qnode.firmware.events import (
+    PROTOCOL_VERSION, Kind, LossReason, ProtocolVersionError, header_word, split_aux,
+)
 from qnode.host.config import load_config
 from qnode.sim.fpga import FpgaServerThread, SimulatedFpga
 
@@ -247,13 +249,32 @@ def test_lost_frames_are_counted_exactly(server):
 
 
 def test_device_drops_become_in_band_output_loss_records(config):
+    """Words the link could not take (no host, a slow host) come back as LOSS records, per
+    channel, with every count kept, before the next words the host gets."""
+    from qnode.firmware.events import decode_words
+
     device = SimulatedFpga(config)
-    ch, t = device.produce(5_000_000_000)
-    device.drop(ch, t)
-    ch2, t2 = device.produce(1_000_000_000)
-    events, _ = __import__("qnode.firmware.events", fromlist=["decode_words"]).decode_words(device.words(ch2, t2))
+    dropped = device.produce(5_000_000_000)
+    lost, _ = decode_words(np.concatenate([[header_word(1000, 8)], dropped]).astype(np.uint64))
+    device.drop(dropped)
+    events, stats = decode_words(device.with_losses(device.produce(1_000_000_000)))
+    assert stats.invalid_words == 0
     loss = events[events["kind"] == Kind.LOSS]
-    assert int(split_aux(loss)["loss_count"].sum()) == len(ch)
     assert np.all(split_aux(loss)["loss_reason"] == LossReason.OUTPUT)
     per_channel = np.bincount(loss["channel"], weights=split_aux(loss)["loss_count"], minlength=8)
-    np.testing.assert_array_equal(per_channel[:8], np.bincount(ch, minlength=8))
+    np.testing.assert_array_equal(per_channel[:8], np.bincount(lost["channel"], minlength=8)[:8])
+
+
+def test_simulated_fpga_serves_the_twin_with_register_settings(config):
+    """Dead time and enable registers act on the stream, and counters count, as in the gateware."""
+    from qnode.firmware.events import decode_words
+
+    device = SimulatedFpga(config)
+    for ch in range(8):
+        device._set("ts_dead_time_bins", 0, ch)
+    device._set("ts_enable", 0, 5)
+    events, _ = decode_words(device.with_losses(device.produce(20_000_000_000)))
+    tags = events[events["kind"] == Kind.TAG]
+    assert not np.any(tags["channel"] == 5)
+    assert np.count_nonzero(tags["channel"] == 0) == 20_000  # 1 MHz sync for 20 ms
+    assert device._get("ts_tag_count", 0) == 20_000
