@@ -228,6 +228,7 @@ class Daemon:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.ctx = zmq.Context()
+        self.loops: dict[str, Any] = {}  # name -> qnode.host.loops.Loop, for the loops qnode knows
         self.dashboard = None  # DashboardServer while [dashboard] enabled = true
         self.dashboard_token = dashboard_token(config)
         self.methods: dict[str, Callable[[dict], Any]] = {
@@ -240,7 +241,8 @@ class Daemon:
             "measure.coincidences": self._measure_coincidences, "measure.heralds": self._measure_heralds,
             "measure.reset": self._measure_reset,
             "instruments.list": self._instruments_list, "instruments.snapshot": self._instruments_snapshot,
-            "loops.list": self._loops_list,
+            "loops.list": self._loops_list, "loops.status": self._loops_status, "loops.set": self._loops_set,
+            "loops.start": self._loops_start, "loops.stop": self._loops_stop,
             "dashboard.url": self._dashboard_url,
         }
 
@@ -250,11 +252,14 @@ class Daemon:
         # Python hands the GIL over every 5 ms by default; a control request waiting behind
         # the acquisition thread would wait that long. 0.5 ms keeps round trips short.
         sys.setswitchinterval(SWITCH_INTERVAL_S)
+        if logging.getLogger("qnode").level == logging.NOTSET:
+            logging.getLogger("qnode").setLevel(logging.INFO)  # the log stream carries INFO and up
         _warm_up_kernels()
         try:
             self._open_sockets()
             self._open_source()
             self._open_instruments()
+            self._make_loops()
         except BaseException:
             self.close()
             raise
@@ -263,6 +268,9 @@ class Daemon:
             thread = threading.Thread(target=target, name=f"qnode-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
+        for name, loop in self.loops.items():
+            if self.config.loops[name].enabled:
+                loop.start()
         self._start_dashboard()
         log.info("daemon up: control %s, streams %s", self.control_url, self.stream_url)
         return self
@@ -327,6 +335,8 @@ class Daemon:
 
     def close(self) -> None:
         self._stop.set()
+        for loop in self.loops.values():
+            loop.stop()
         if self.dashboard is not None:
             self.dashboard.stop()
         for thread in self._threads:
@@ -387,6 +397,9 @@ class Daemon:
                 c.add(events)
             if self.recorder is not None:
                 self.recorder.put(events)
+        for loop in self.loops.values():
+            if loop.running and hasattr(loop, "feed"):
+                loop.feed(events)
         self.publisher.publish("events", {"count": len(events)}, {"events": events})
         heralds = events[events["kind"] == Kind.HERALD]
         if len(heralds):
@@ -666,10 +679,64 @@ class Daemon:
             raise _Reply("NotAvailable", f"instrument {name!r}: {reason}")
         return driver.snapshot()
 
-    def _loops_list(self, params):
-        return {name: {"enabled": loop.enabled, "period_s": loop.period_s, "running": False}
-                for name, loop in self.config.loops.items()}
+    # -- loops ----------------------------------------------------------------------------
 
+    def _make_loops(self) -> None:
+        """Loops qnode implements (``phase_lock``), from [loops.NAME]; others are listed only."""
+        from .phase_lock import make_phase_lock_loop
+
+        for name, entry in self.config.loops.items():
+            if name != "phase_lock" or self.replay is not None:
+                continue
+            actuator_name = entry.settings.get("actuator")
+            driver = self.instruments.get(actuator_name) if actuator_name else None
+            reference = self.config.sim.reference if self.config.sim is not None else None
+            try:
+                self.loops[name] = make_phase_lock_loop(
+                    name, entry, reference=reference, actuator=driver.set_voltage_v if driver else None,
+                    publish=self.publisher.post)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.error("loop %s not started: %s", name, exc)
+
+    def _loop(self, params):
+        name = _param(params, "name", str)
+        loop = self.loops.get(name)
+        if loop is None:
+            known = ", ".join(sorted(self.loops)) or "none"
+            why = "configured but qnode has no such loop" if name in self.config.loops else "not in the config"
+            raise _Reply("NotAvailable", f"loop {name!r}: {why} (running loops: {known})")
+        return loop
+
+    def _loops_list(self, params):
+        out = {}
+        for name, entry in self.config.loops.items():
+            loop = self.loops.get(name)
+            base = {"enabled": entry.enabled, "period_s": entry.period_s, "running": False,
+                    "implemented": loop is not None}
+            out[name] = {**base, **loop.status()} if loop is not None else base
+        return out
+
+    def _loops_status(self, params):
+        return self._loop(params).status()
+
+    def _loops_set(self, params):
+        loop = self._loop(params)
+        settings = _param(params, "settings", dict)
+        try:
+            loop.set(settings)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise BadParams(f"settings: {exc}") from None
+        return loop.status()
+
+    def _loops_start(self, params):
+        loop = self._loop(params)
+        loop.start()
+        return loop.status()
+
+    def _loops_stop(self, params):
+        loop = self._loop(params)
+        loop.stop()
+        return loop.status()
 
     # -- dashboard (host/dashboard.py): served while configured; token check; action log --
 

@@ -33,6 +33,7 @@ States (``status()["state"]``):
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -479,3 +480,119 @@ def simulate_lock(config=None, *, duration_s: float = 1.0, settings: PhaseLockSe
                   states=states, locked_at_s=None, kicks=list(kicks), controller=lock)
     run.locked_at_s = run.settled_at_s(0.0)
     return run
+
+
+# --- the daemon's loop: the controller fed from the live event stream ------------------------
+
+LOOP_KEYS = {"channel_plus", "channel_minus", "actuator", "burst_offset_ps", "latency_s", "newest_bursts"}
+
+
+def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=None, publish=None):
+    """The daemon's phase lock: a :class:`~qnode.host.loops.Loop` whose ``feed(events)`` (called
+    from the acquisition thread, cheap and vectorised) counts D+ and D- clicks in the reference
+    bursts, and whose ``step()`` feeds the bursts completed since the last step to the
+    :class:`PhaseLock` (summed: the daemon sees events in batches of ~10 ms, so the live loop
+    averages the bursts of a batch; the 1 kHz per-burst loop is what the gateware or
+    :func:`simulate_lock` runs) and writes the voltage to ``actuator(voltage_v)``.
+
+    ``reference``: the lab's reference-light timing (``cycle_ps``, ``burst_ps``), e.g. the sim's
+    ``[sim.reference]``; settings ``cycle_s``/``burst_s`` override it.
+    """
+    from collections import deque
+
+    from qnode.firmware.events import Kind
+
+    from .loops import Loop
+
+    class _PhaseLockLoop(Loop):
+        def __init__(self):
+            self.controller = PhaseLock()
+            self.channel_plus, self.channel_minus = 3, 4
+            self.burst_offset_ps = 0
+            # the reference light's timing, for counting; the controller's own cycle is the
+            # loop's step (its actuator-lag model needs the time between its commands)
+            self.cycle_ps = int(getattr(reference, "cycle_ps", 1_000_000_000))
+            self.burst_ps = int(getattr(reference, "burst_ps", 100_000_000))
+            # Events reach the daemon in batches, tens of ms after the light: after a command only
+            # bursts later than the newest one seen then plus latency_s show its effect.
+            self.latency_s = float(loop_config.settings.get("latency_s", 0.03))
+            self._valid_after = -1
+            self.newest_bursts = int(loop_config.settings.get("newest_bursts", 5))
+            self.controller.set(cycle_s=max(loop_config.period_s, self.cycle_ps * 1e-12) + self.latency_s,
+                                burst_s=self.burst_ps * 1e-12)
+            self.actuator = actuator
+            self._counts: dict[int, list[int]] = {}  # cycle index -> [n+, n-]
+            self._latest_cycle = -1
+            self._feed_lock = threading.Lock()
+            self.errors_deg: deque = deque(maxlen=1000)
+            self.bursts = 0
+            self.waiting = "no events yet"
+            super().__init__(name, loop_config.period_s, loop_config.missed_period, loop_config.settings,
+                             publish=publish)
+
+        def apply_settings(self, changes: dict) -> None:
+            loop_keys = {k: v for k, v in changes.items() if k in LOOP_KEYS}
+            self.controller.set(**{k: v for k, v in changes.items() if k not in LOOP_KEYS})
+            self.channel_plus = int(loop_keys.get("channel_plus", self.channel_plus))
+            self.channel_minus = int(loop_keys.get("channel_minus", self.channel_minus))
+            self.burst_offset_ps = int(loop_keys.get("burst_offset_ps", self.burst_offset_ps))
+            self.latency_s = float(loop_keys.get("latency_s", self.latency_s))
+            self.newest_bursts = max(1, int(loop_keys.get("newest_bursts", self.newest_bursts)))
+
+        def feed(self, events: np.ndarray) -> None:
+            tags = events[events["kind"] == Kind.TAG]
+            if len(tags) == 0:
+                return
+            cycle_ps, burst_ps = self.cycle_ps, self.burst_ps
+            t = tags["time_ps"].astype(np.int64) - self.burst_offset_ps
+            ch = tags["channel"]
+            cycle = t // cycle_ps
+            inside = (t - cycle * cycle_ps) < burst_ps
+            with self._feed_lock:
+                for side, channel in ((0, self.channel_plus), (1, self.channel_minus)):
+                    sel = inside & (ch == channel)
+                    cycles, counts = np.unique(cycle[sel], return_counts=True)
+                    for c, n in zip(cycles.tolist(), counts.tolist()):
+                        self._counts.setdefault(c, [0, 0])[side] += n
+                self._latest_cycle = max(self._latest_cycle, int(cycle[-1]))
+
+        def _complete_bursts(self) -> list[list[int]]:
+            with self._feed_lock:
+                done = sorted(c for c in self._counts if c < self._latest_cycle)
+                return [self._counts.pop(c) for c in done if c > self._valid_after]
+
+        def step(self) -> None:
+            # the newest bursts only: older ones describe a phase that has moved on
+            bursts = self._complete_bursts()[-self.newest_bursts:]
+            if not bursts:
+                self.waiting = "no complete reference burst since the last step"
+                return
+            self.waiting = None
+            n_plus = sum(b[0] for b in bursts)
+            n_minus = sum(b[1] for b in bursts)
+            self.bursts += len(bursts)
+            # One update for the bursts of this step: counts summed, thresholds scaled to them.
+            min_counts = self.controller.settings.min_reference_counts
+            scaled = min_counts * len(bursts)
+            self.controller.settings.min_reference_counts = scaled
+            try:
+                voltage = self.controller.update(n_plus, n_minus)
+            finally:
+                self.controller.settings.min_reference_counts = min_counts
+            if self.controller.error_rad is not None and self.controller.state == "locked":
+                self.errors_deg.append(math.degrees(self.controller.error_rad))
+            if self.actuator is None:
+                raise RuntimeError("no actuator: settings.actuator must name an open instrument (an MDT694B)")
+            self.actuator(voltage)
+            with self._feed_lock:
+                self._valid_after = self._latest_cycle + int(math.ceil(self.latency_s * 1e12 / self.cycle_ps))
+
+        def loop_status(self) -> dict:
+            status = self.controller.status()
+            errors = np.array(self.errors_deg)
+            status["phase_error_rms_deg"] = float(np.sqrt(np.mean(errors ** 2))) if len(errors) else None
+            status["bursts"] = self.bursts
+            status["waiting"] = self.waiting
+            return status
+
+    return _PhaseLockLoop()

@@ -99,3 +99,84 @@ def test_actuator_rewinds_by_whole_fringes_before_a_rail():
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="actuator range"):
         PhaseLock({"rail_low_v": 0.0, "rail_high_v": 10.0})
+
+
+# --- the loop machinery (host/loops.py) and the daemon's phase_lock loop ------------------------
+
+
+class Counting:
+    """A Loop whose steps are counted, driven by a hand clock."""
+
+    def __new__(cls, policy, period_s=0.01):
+        from qnode.host.loops import Loop
+
+        class _L(Loop):
+            def apply_settings(self, changes):
+                if "gain" in changes and not 0 < changes["gain"] < 2:
+                    raise ValueError("gain must be in (0, 2)")
+
+        return _L("t", period_s, policy)
+
+
+def test_loop_skip_drops_missed_periods_and_counts_them():
+    loop = Counting("skip")
+    assert loop.tick(0.0) == 1
+    assert loop.tick(0.005) == 0  # not due yet
+    assert loop.tick(0.0101) == 1
+    assert loop.tick(0.0555) == 1  # 0.02, 0.03, 0.04, 0.05 were due: one step, three missed
+    assert (loop.steps, loop.missed) == (3, 3)
+    assert loop.tick(0.0599) == 0 and loop.tick(0.0601) == 1  # back on the grid
+
+
+def test_loop_catch_up_runs_missed_periods_and_stop_stops():
+    loop = Counting("catch_up")
+    loop.tick(0.0)
+    assert loop.tick(0.0355) == 3 and loop.missed == 0  # 0.01, 0.02 and 0.03, back to back
+    late = Counting("stop")
+    late.tick(0.0)
+    assert late.tick(0.0255) == 0
+    assert late.stopped_reason is not None and "missed 1 period" in late.stopped_reason
+
+
+def test_loop_settings_change_while_running_and_bad_ones_change_nothing():
+    loop = Counting("skip")
+    loop.set({"gain": 0.5})
+    with pytest.raises(ValueError, match="gain"):
+        loop.set({"gain": 5.0})
+    assert loop.status()["settings"] == {"gain": 0.5}
+
+
+def test_daemon_runs_the_phase_lock_loop_with_settings_and_status():
+    from qnode.host.api import ApiError
+    from qnode.host.client import Client, Subscriber
+    from qnode.host.config import load_config
+    from qnode.host.daemon import Daemon
+
+    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0") as daemon:
+        client = Client(daemon.control_url)
+        listed = client.call("loops.list")
+        assert listed["phase_lock"]["implemented"] and not listed["phase_lock"]["running"]
+        assert not listed["temperature_watch"]["implemented"]
+        with Subscriber(daemon.stream_url, topics=["loops.phase_lock"]) as sub:
+            assert client.call("loops.start", name="phase_lock")["running"]
+            status = None
+            for _ in range(100):  # until the loop has worked on reference bursts (or 100 messages)
+                message = sub.receive(timeout_s=5.0)
+                assert message is not None, "no loops.phase_lock status published"
+                status = message[1]
+                if status["bursts"] > 0 and status["cycles"] > 3:
+                    break
+        assert status["bursts"] > 0 and status["errors"] == 0, status
+        assert status["state"] in ("acquiring", "relocking", "locked")
+        assert 0.0 <= status["actuator_v"] <= 150.0
+        # the stretcher follows the loop's command
+        assert daemon.instruments["stretcher"].voltage_v() == pytest.approx(
+            client.call("loops.status", name="phase_lock")["actuator_v"], abs=0.01)
+        changed = client.call("loops.set", name="phase_lock", settings={"setpoint_deg": 60.0})
+        assert changed["settings"]["setpoint_deg"] == 60.0 and changed["running"]
+        with pytest.raises(ApiError, match="setpont"):
+            client.call("loops.set", name="phase_lock", settings={"setpont": 1.0})
+        with pytest.raises(ApiError, match="NotAvailable|temperature_watch"):
+            client.call("loops.start", name="temperature_watch")
+        assert not client.call("loops.stop", name="phase_lock")["running"]
+        client.close()
