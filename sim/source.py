@@ -49,11 +49,9 @@ def detector_models(lab: SimLab, channels: list[int]) -> dict[int, DetectorModel
 
 
 @njit(cache=True)
-def _merge_two(t1, c1, t2, c2):
-    """Merge two time-sorted runs of (time, channel); ties go to the lower channel."""
+def _merge_two_into(t1, c1, t2, c2, t, c):
+    """Merge two time-sorted runs of (time, channel) into t, c; ties go to the lower channel."""
     n1, n2 = t1.shape[0], t2.shape[0]
-    t = np.empty(n1 + n2, np.int64)
-    c = np.empty(n1 + n2, np.uint8)
     i = j = 0
     for k in range(n1 + n2):
         if j >= n2 or (i < n1 and (t1[i] < t2[j] or (t1[i] == t2[j] and c1[i] < c2[j]))):
@@ -64,21 +62,24 @@ def _merge_two(t1, c1, t2, c2):
             t[k] = t2[j]
             c[k] = c2[j]
             j += 1
-    return t, c
 
 
-def merge_channels(runs: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Merge per-channel sorted (times, channels) runs, smallest first (Huffman order), so
-    the dense sync channel is copied once and sparse channels a few times."""
+def merge_channels(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Merge per-channel sorted (times, channels) runs into CLICK_DTYPE, smallest first (Huffman
+    order), so the dense sync channel is copied once and sparse channels a few times."""
     runs = sorted(runs, key=lambda r: len(r[0]))
-    if not runs:
-        return np.empty(0, np.int64), np.empty(0, np.uint8)
-    while len(runs) > 1:
+    while len(runs) > 2:
         (t1, c1), (t2, c2) = runs.pop(0), runs.pop(0)
-        merged = _merge_two(t1, c1, t2, c2)
-        at = next((i for i, r in enumerate(runs) if len(r[0]) > len(merged[0])), len(runs))
-        runs.insert(at, merged)
-    return runs[0]
+        t, c = np.empty(len(t1) + len(t2), np.int64), np.empty(len(t1) + len(t2), np.uint8)
+        _merge_two_into(t1, c1, t2, c2, t, c)
+        at = next((i for i, r in enumerate(runs) if len(r[0]) > len(t)), len(runs))
+        runs.insert(at, (t, c))
+    if len(runs) < 2:
+        runs.append((np.empty(0, np.int64), np.empty(0, np.uint8)))
+    (t1, c1), (t2, c2) = runs
+    out = np.empty(len(t1) + len(t2), CLICK_DTYPE)
+    _merge_two_into(t1, c1, t2, c2, out["time_ps"], out["channel"])  # the last merge writes the output
+    return out
 
 
 def _gaussian_table(size: int = 1 << 16) -> np.ndarray:
@@ -219,11 +220,7 @@ class PhotonSource:
             runs.append((clicks, np.full(len(clicks), ch, np.uint8)))
         self.now_ps = t1
 
-        times, channels = merge_channels(runs)
-        out = np.empty(len(times), CLICK_DTYPE)
-        out["time_ps"] = times
-        out["channel"] = channels
-        return out
+        return merge_channels(runs)
 
     def _detected(self, channel: int, times: np.ndarray, probability: float = 1.0) -> np.ndarray:
         """Photons that the detector registers: transmission x efficiency, one draw each."""
@@ -232,19 +229,21 @@ class PhotonSource:
             return times
         return times[self.rng.random(len(times)) < p]
 
-    def _sync_times(self, t0: int, t1: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sync pulse indices and times in [t0, t1)."""
+    def _sync_times(self, t0: int, t1: int) -> np.ndarray:
+        """Sync pulse times in [t0, t1) (pulse k at k x period, rounded to the ps)."""
         sync = self.lab.sync
         if sync is None:
-            return np.empty(0, np.int64), np.empty(0, np.int64)
+            return np.empty(0, np.int64)
         period_ps = 1e12 / sync.rate_hz
         first = self._next_sync
-        last = int(np.ceil(t1 / period_ps))  # first pulse at or after t1
-        index = np.arange(first, last, dtype=np.int64)
-        times = np.rint(index * period_ps).astype(np.int64)
-        keep = times < t1
-        self._next_sync = first + int(np.count_nonzero(keep))
-        return index[keep], times[keep]
+        if period_ps.is_integer():  # one pass of integer arithmetic (1 MHz: 1_000_000 ps)
+            times = np.arange(first * int(period_ps), t1, int(period_ps), dtype=np.int64)
+        else:
+            last = int(np.ceil(t1 / period_ps))
+            times = np.rint(np.arange(first, last, dtype=np.int64) * period_ps).astype(np.int64)
+            times = times[times < t1]
+        self._next_sync = first + len(times)
+        return times
 
     def _in_burst(self, times: np.ndarray) -> np.ndarray:
         ref = self.lab.reference
@@ -255,7 +254,7 @@ class PhotonSource:
     def _emit(self, t0: int, t1: int):
         """(channel, photon arrival times before the detector) for emissions in [t0, t1)."""
         lab = self.lab
-        _, sync_times = self._sync_times(t0, t1)
+        sync_times = self._sync_times(t0, t1)
         if lab.sync is not None:
             yield lab.sync.channel, self._detected(lab.sync.channel, sync_times)
 
@@ -286,16 +285,18 @@ class PhotonSource:
 
     def _emit_heralding(self, sync_times: np.ndarray):
         h = self.lab.heralding
-        attempts = sync_times[~self._in_burst(sync_times)]
-        n = len(attempts)
+        n = len(sync_times)
         # Each emitter's photon reaches the station (alpha x transmission) in attempts picked
         # by geometric skips, so the ~1000x more empty attempts cost no random draws.
         p = h.emission_probability * h.transmission
         hits = [_bernoulli_indices(self.rng, p, n) for _ in range(2)]
         which, photons = np.unique(np.concatenate(hits), return_counts=True)
+        # No attempts during a reference burst: the emitters are not excited then.
+        attempt = ~self._in_burst(sync_times[which])
+        which, photons = which[attempt], photons[attempt]
         # Two photons are indistinguishable and bunch onto one output (HOM).
         to_plus = self.rng.random(len(which)) < 0.5
-        base = attempts[which] + h.arrival_delay_ps
+        base = sync_times[which] + h.arrival_delay_ps
         for ch, side in ((h.channel_plus, to_plus), (h.channel_minus, ~to_plus)):
             t = np.repeat(base[side], photons[side])
             if h.emitter_lifetime_ps > 0:
