@@ -37,6 +37,14 @@ from .measurements import CorrelationHistogram
 # --- tag sources -------------------------------------------------------------------------
 
 
+def in_order(t: np.ndarray, ch: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Drop tags later than a tag after them (and count them): one such tag would make every
+    following tag "late" for a histogram. Seen: the simulated FPGA's very first tag at 2^32 - 1
+    bins when the first sync click's jitter is negative (a time of -1 bin)."""
+    keep = t <= np.minimum.accumulate(t[::-1])[::-1]
+    return t[keep], ch[keep], int(len(t) - np.count_nonzero(keep))
+
+
 class SimTagSource:
     """Tags straight from a :class:`~qnode.sim.fpga.SimulatedFpga` device (no link, no server):
     the fastest way to calibrate the simulated lab in simulated time. Register writes go through
@@ -49,17 +57,25 @@ class SimTagSource:
 
         self.device = device or SimulatedFpga(config, lab=lab)
         self.bin_ps = self.device.bin_ps
+        self.out_of_order = 0  # tags dropped because a later tag came before them
 
     def acquire(self, duration_s: float) -> tuple[np.ndarray, np.ndarray]:
+        from qnode.firmware.events import Kind, StreamDecoder
+
         times, channels = [], []
         left = int(duration_s * 1e12)
         while left > 0:
             step = min(self.STEP_PS, left)
-            ch, bins = self.device.produce(step)
-            times.append(bins * self.bin_ps)
-            channels.append(ch)
+            words = self.device.produce(step)
+            # each production step's words start from epoch 0 (see SimulatedFpga.produce)
+            events = StreamDecoder(bin_ps=self.bin_ps, channels=self.device.channels).decode(words)
+            tags = events[events["kind"] == Kind.TAG]
+            times.append(tags["time_ps"].astype(np.int64))
+            channels.append(tags["channel"].astype(np.uint8))
             left -= step
-        return np.concatenate(times), np.concatenate(channels)
+        t, ch, dropped = in_order(np.concatenate(times), np.concatenate(channels))
+        self.out_of_order += dropped
+        return t, ch
 
     def read_register(self, name: str, index: int = 0) -> int:
         return self.device._get(name, index)
@@ -108,7 +124,8 @@ class DaemonTagSource:
                 first = int(times[0][0]) if first is None else first
                 last = int(times[-1][-1])
                 if (last - first) * 1e-12 >= duration_s:
-                    return np.concatenate(times), np.concatenate(channels)
+                    t, ch, _ = in_order(np.concatenate(times), np.concatenate(channels))
+                    return t, ch
         raise TimeoutError(f"daemon at {self.stream_url}: no {duration_s} s of events within {timeout_s} s; "
                            "is the time tagger streaming (qnode status)?")
 

@@ -106,21 +106,22 @@ class DaemonBench:
         self._driver = None
         return self
 
-    def counts(self) -> EosCounts:
+    def counts(self) -> EosCounts | None:
         from qnode.drivers.registry import open_instrument
 
         name = self.config.calibration.bias_instrument
+        if self.config.instruments[name].sim:
+            return None  # the simulated controller lives inside the daemon's lab, out of reach
         self._driver = open_instrument(name, self.config.instruments[name])
         return EosCounts(self._driver)
 
-    def phase_lock(self, settings: dict, seconds: float, kicks: list) -> dict:
-        loops = {loop["name"]: loop for loop in self.client.call("loops.list")}
-        loop = loops.get("phase_lock")
+    def phase_lock(self, settings: dict, seconds: float, kicks: list) -> dict | None:
+        loop = self.client.call("loops.list").get("phase_lock")
         if loop is None or not loop.get("running"):
-            raise RuntimeError("the daemon's phase_lock loop is not running (loops.start name=phase_lock)")
-        first = loop["status"]
+            return None
+        first = loop
         time.sleep(seconds)
-        last = {loop["name"]: loop for loop in self.client.call("loops.list")}["phase_lock"]["status"]
+        last = self.client.call("loops.status", name="phase_lock")
         return {"status": last, "relocks": last.get("relocks", 0) - first.get("relocks", 0)}
 
     def truth(self) -> dict:
@@ -142,6 +143,7 @@ class Night:
     results: dict = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
     drift: list[dict] = field(default_factory=list)
     plots: dict[str, str] = field(default_factory=dict)
 
@@ -256,7 +258,12 @@ def _bias(night: Night, bench, previous: dict | None):
         night.results["bias"] = {"skipped": "no [calibration] bias_instrument"}
         return
     settings = BiasSweepSettings(**cal.bias)
-    results = sweep_bias(bench.counts(), settings)
+    counts = bench.counts()
+    if counts is None:
+        night.results["bias"] = {"skipped": f"{cal.bias_instrument} is simulated inside the daemon's lab"}
+        night.skipped.append("bias: the simulated SNSPD controller belongs to the daemon's lab")
+        return
+    results = sweep_bias(counts, settings)
     night.results["bias"] = {str(r.detector): r.to_dict() for r in results}
     tol = cal.tolerances
     for r in results:
@@ -323,6 +330,10 @@ def _phase(night: Night, bench, previous: dict | None):
                  for i, (f, d) in enumerate(((0.25, math.pi), (0.45, -math.pi), (0.65, math.pi), (0.85, 2 * math.pi)))]
     out = bench.phase_lock(settings, seconds, kicks)
     tol = cal.tolerances
+    if out is None:
+        night.results["phase"] = {"skipped": "the daemon's phase_lock loop is not running (loops.start)"}
+        night.skipped.append("phase: the daemon's phase_lock loop is not running (qnode: loops.start name=phase_lock)")
+        return None
     if "run" in out:
         run = out["run"]
         locked = run.locked_at_s if run.locked_at_s is not None else seconds
@@ -394,6 +405,7 @@ def _report(night: Night, exit_code: int, wall_s: float) -> dict:
         "drift": night.drift,
         "failures": night.failures,
         "errors": night.errors,
+        "skipped": night.skipped,
         "details": {k: v for k, v in r.items() if k not in ("delay_error_bins", "phase_rms_deg", "relock_ms")},
     }
 
@@ -519,6 +531,7 @@ def _html(report: dict) -> str:
 <body><h1>{esc(report['node'])}: nightly calibration {esc(report['started'])}</h1>
 <p><b>exit {report['exit_code']}: {verdict}</b></p>
 <h2>Failures</h2><ul>{items(report['failures'])}</ul><h2>Errors</h2><ul>{items(report['errors'])}</ul>
+<h2>Skipped</h2><ul>{items(report.get('skipped', []))}</ul>
 <h2>Results</h2><table>{rows}</table>
 <h2>Drift since last night</h2><table><tr><th>quantity</th><th>last night</th><th>tonight</th><th>change</th>
 <th>tolerance</th><th></th></tr>{drift}</table>

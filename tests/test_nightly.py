@@ -81,3 +81,21 @@ def test_an_unreadable_history_is_could_not_run_and_left_alone(tmp_path):
     assert code == EXIT_COULD_NOT_RUN
     assert "move it away" in report["errors"][0]
     assert history.read_text() == "{not json"
+
+
+def test_against_a_running_daemon_delays_go_to_its_fpga(tmp_path):
+    from qnode.host.client import Client
+    from qnode.host.daemon import Daemon
+
+    config = variant(load_config(), delay_seconds=1.0)
+    with Daemon(config, control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0") as daemon:
+        code, report, _ = run_nightly(config, daemon_url=daemon.control_url, stream_url=daemon.stream_url,
+                                      out_dir=tmp_path, history_path=tmp_path / "history.json")
+        client = Client(daemon.control_url)
+        written = {ch: client.call("registers.read", name="ts_delay_bins", index=ch)["value"] for ch in range(5)}
+        client.close()
+    assert code == EXIT_OK, report["failures"] + report["errors"]
+    assert written == {int(k): v for k, v in report["delays_bins"].items()}
+    assert all(abs(v) <= 1.0 for v in report["delay_error_bins"].values())
+    # the simulated SNSPD controller lives inside the daemon's lab; the phase loop was not started
+    assert len(report["skipped"]) == 2
