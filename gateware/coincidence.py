@@ -1,0 +1,130 @@
+"""CoincidenceUnit: patterns of channels clicking within a window, on the merged stream.
+
+It sits on the merger's time-ordered stream (``Merged`` in, ``Marked`` out) and passes every
+entry through unchanged. Each of ``PATTERNS`` patterns has a channel mask (0 disables it), a
+window in bins and a minimum fold (0 = every channel of the mask). The definition is the host's
+(``qnode.host.measurements.CoincidencePattern``), so host and gateware count the same:
+
+* a window opens at a tag on a mask channel when no window of the pattern is open, and holds
+  every tag of the mask's channels up to and including ``window_bins`` after the one that
+  opened it; the next tag after that opens the next window (each tag belongs to at most one
+  window per pattern, so bursts and overlapping windows are not counted twice);
+* a window counts once, at the tag that brings its number of distinct channels to the minimum
+  fold (2-of-3 counts a window where 2 or 3 of the channels clicked, once).
+
+Loss records pass through and take no part. When a pattern's ``emit`` bit is set, each counted
+window also becomes a record right behind the entry that completed it: channel = pattern index,
+``entry.time`` = the click that opened the window, ``entry.count`` = the mask of the channels
+that had clicked in it (exactly min_fold of them), ``coincidence`` = 1. Several patterns
+completed by one tag leave in pattern order, one per clock, holding the merger meanwhile.
+"""
+
+from amaranth import Cat, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .merger import Merged
+from .params import TIME_BITS
+from .timestamper import Entry
+
+PATTERNS = 8
+MASK_BITS = 16
+WINDOW_BITS = 16
+FOLD_BITS = 5
+
+Marked = data.StructLayout({"entry": Entry, "channel": 6, "coincidence": 1})
+"""A merged entry (coincidence = 0) or a coincidence record (coincidence = 1, see above)."""
+
+
+class CoincidenceUnit(wiring.Component):
+    def __init__(self, patterns: int = PATTERNS):
+        self.patterns = patterns
+        super().__init__({
+            "merged": In(stream.Signature(Merged)),
+            "marked": Out(stream.Signature(Marked)),
+            "masks": In(MASK_BITS).array(patterns),
+            "windows": In(WINDOW_BITS).array(patterns),
+            "min_folds": In(FOLD_BITS).array(patterns),
+            "emit": In(patterns),
+            "counted": Out(patterns),  # pulses: pattern p counted a window this clock
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p_n = self.patterns
+
+        # The entry in hand, whether it has been passed on, and the records it still owes.
+        held = Signal(Merged)
+        busy = Signal()
+        entry_sent = Signal()
+        owed = Signal(p_n)
+
+        opened = [Signal(TIME_BITS, name=f"opened_{p}") for p in range(p_n)]
+        seen = [Signal(MASK_BITS, name=f"seen_{p}") for p in range(p_n)]
+        is_open = [Signal(name=f"open_{p}") for p in range(p_n)]
+
+        owed_lowest = Signal(p_n)
+        m.d.comb += owed_lowest.eq(owed & ~(owed - 1))
+        owed_index = Signal(range(max(p_n, 2)))
+        for p in reversed(range(p_n)):
+            with m.If(owed[p]):
+                m.d.comb += owed_index.eq(p)
+
+        record = Signal(Marked)
+        for p in range(p_n):
+            with m.If(owed_index == p):
+                m.d.comb += [record.entry.time.eq(opened[p]), record.entry.count.eq(seen[p])]
+        m.d.comb += [record.channel.eq(owed_index), record.coincidence.eq(1)]
+
+        out = Signal(Marked)
+        m.d.comb += [
+            out.entry.eq(held.entry), out.channel.eq(held.channel), out.coincidence.eq(0),
+        ]
+        m.d.comb += [
+            self.marked.valid.eq(busy),
+            self.marked.payload.eq(Mux(entry_sent, record, out)),
+        ]
+        moved = busy & self.marked.ready
+        left_after = Mux(entry_sent, owed & ~owed_lowest, owed)
+        finishing = moved & (left_after == 0) & (entry_sent | (owed == 0))
+        with m.If(moved):
+            with m.If(entry_sent):
+                m.d.sync += owed.eq(owed & ~owed_lowest)
+            m.d.sync += entry_sent.eq(1)
+        with m.If(finishing):
+            m.d.sync += busy.eq(0)
+
+        take = Signal()
+        m.d.comb += [take.eq(~busy | finishing), self.merged.ready.eq(take)]
+        arriving = self.merged.payload
+        is_tag = ~arriving.entry.loss
+        t = arriving.entry.time
+        bit = Signal(MASK_BITS)
+        m.d.comb += bit.eq(1 << arriving.channel)
+
+        completes = []
+        for p in range(p_n):
+            member = (self.masks[p] & bit).any() & is_tag
+            need = Mux(self.min_folds[p] == 0, sum(self.masks[p][i] for i in range(MASK_BITS)),
+                       self.min_folds[p])
+            outside = ~is_open[p] | (t - opened[p] > self.windows[p])
+            new_seen = Signal(MASK_BITS, name=f"new_seen_{p}")
+            m.d.comb += new_seen.eq(Mux(outside, bit, seen[p] | bit))
+            fold_before = sum(seen[p][i] for i in range(MASK_BITS))
+            fold_after = sum(new_seen[i] for i in range(MASK_BITS))
+            done = Signal(name=f"completes_{p}")
+            m.d.comb += done.eq(member & (fold_after == need)
+                                & (outside | (fold_before != fold_after)))
+            completes.append(done)
+            with m.If(take & self.merged.valid & member):
+                m.d.sync += seen[p].eq(new_seen)
+                with m.If(outside):
+                    m.d.sync += [opened[p].eq(t), is_open[p].eq(1)]
+
+        fire = Signal(p_n)
+        m.d.comb += fire.eq(Cat(completes))
+        with m.If(take & self.merged.valid):
+            m.d.sync += [held.eq(arriving), busy.eq(1), entry_sent.eq(0),
+                         owed.eq(fire & self.emit)]
+            m.d.comb += self.counted.eq(fire)
+        return m

@@ -1,0 +1,258 @@
+"""HeraldUnit: attempt windows from the sync channel's tags, success rules, a herald pin with a
+fixed latency, HERALD records and counters.
+
+It listens to the timestampers' outputs directly (every channel's stage-B entry, before the
+channel FIFOs and the merger), because only there is the time at which a tag is seen a fixed
+function of its sample clock: a word sampled at clock k is seen at clock k + 3 with
+``time = k*N + fine + delay_bins``. Behind the merger the wait depends on the other channels.
+
+Attempts. Every sync tag (time ``t_s``) is one attempt, numbered from 0 after reset; its window
+starts at ``S = t_s + offset_bins`` and lasts ``length_bins`` bins, ``[S, S + length)``. Attempts
+wait in a queue of ``ATTEMPT_QUEUE`` in-flight windows (the reference lab has 49 in flight: its
+window opens 49 us after its sync, one attempt per us), so the offset may span many sync periods.
+A sync that finds the queue full is counted in ``lost`` (no window).
+
+Rules (``rule``):
+
+* ``RULE_SINGLE`` (1): exactly one click on the detector channels (``detector_mask``) in
+  ``[S, S + length)``. Outcome 1 (psi+) when it is on the lowest channel of the mask, 2 (psi-)
+  otherwise. The deciding click is that click.
+* ``RULE_TWO`` (2, Barrett-Kok): exactly one detector click in the early window
+  ``[S, S + length)`` and exactly one in the late window ``[S + late_bins, S + late_bins + length)``.
+  Outcome 3 when both are on the same detector (psi+), 4 when on different ones (psi-). The
+  deciding click is the late one.
+* Veto, with either rule: any click on a ``veto_mask`` channel from S to the end of the attempt's
+  last window cancels the herald (``vetoes`` counts it).
+* ``RULE_OFF`` (0): attempts are counted, nothing is decided.
+
+A click is a tag, plus the first edge the timestamper lost in the same clock (its time is
+``time + gap``), which therefore counts as a second click: two clicks in one clock fail the rule.
+
+Decision and latency. Let E be the attempt's last window bin and ``d_min`` the smallest
+``delay_bins`` of the detector and veto channels. Word k of the fastest of them holds bin E when
+``k = (E - d_min) // N``; all clicks up to E have been seen at clock k + 3 (``done``), the
+decision is registered at k + 4 and the pin rises at **k + 5**, whatever the outcome or when
+the deciding click came: ``PIN_LATENCY = 5`` clocks from the sample word that completes the
+condition (the one holding the window's last bin) to the pin. ``record`` carries the HERALD
+fields in the same clock as the pin's rising edge (``record.valid`` for one clock).
+
+One attempt is evaluated at a time. The next window is taken from the queue the clock after a
+decision (or at once when idle); if a click at S could already have been seen then (``S`` at or
+below ``(now - 3)*N + N - 1 + d_max``, d_max the largest delay of the watched channels), the
+attempt is counted ``late`` and skipped, never decided on partial clicks. With the reference
+lab's 1 us between attempts and 10 ns windows this never happens.
+"""
+
+from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from qnode.firmware.events import HERALD_ATTEMPT_BITS
+from qnode.firmware.registers import DELAY_BITS
+
+from .params import TIME_BITS, WRITE_LATENCY
+from .timestamper import Entry
+
+RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
+OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
+OUTCOMES = 4
+ATTEMPT_QUEUE = 64  # windows in flight: >= the 49 of the reference lab
+SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
+PIN_LATENCY = SEEN_LATENCY + 2  # k + 3 all clicks seen, k + 4 decision registered, k + 5 pin
+OFFSET_BITS = 32
+LENGTH_BITS = 16
+PIN_CLOCKS_BITS = 16
+
+HeraldRecord = data.StructLayout({
+    "channel": 6, "outcome": 4, "attempt": HERALD_ATTEMPT_BITS, "time": TIME_BITS,
+})
+Attempt = data.StructLayout({"start": TIME_BITS, "number": HERALD_ATTEMPT_BITS})
+
+
+class HeraldUnit(wiring.Component):
+    def __init__(self, channels: int, oversampling: int):
+        self.channels = channels
+        self.oversampling = oversampling
+        super().__init__({
+            "tags": In(stream.Signature(Entry, always_ready=True)).array(channels),
+            "now": In(TIME_BITS),  # coarse clock counter (the core's ``now``)
+            "delays": In(DELAY_BITS).array(channels),  # the channels' ts_delay_bins
+            # settings
+            "rule": In(2),
+            "sync_channel": In(4),
+            "detector_mask": In(16),
+            "veto_mask": In(16),
+            "offset_bins": In(OFFSET_BITS),
+            "length_bins": In(LENGTH_BITS),
+            "late_bins": In(OFFSET_BITS),
+            "pin_clocks": In(PIN_CLOCKS_BITS),
+            # results
+            "pin": Out(1),
+            "record": Out(stream.Signature(HeraldRecord, always_ready=True)),
+            "attempt": Out(1),  # pulses: a sync made an attempt
+            "lost": Out(1),  # a sync found the attempt queue full
+            "late": Out(1),  # an attempt was skipped (its window had begun)
+            "vetoed": Out(1),
+            "success": Out(OUTCOMES),  # one-hot by outcome - 1
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        n, c = self.oversampling, self.channels
+        shift = n.bit_length() - 1
+
+        # --- settings derived once a clock (they change only while the unit is idle) -------
+        watched = Signal(16)
+        m.d.comb += watched.eq(self.detector_mask | self.veto_mask)
+        d_min = Signal(DELAY_BITS)
+        d_max = Signal(DELAY_BITS)
+        lo = Const((1 << DELAY_BITS) - 1, DELAY_BITS)
+        hi = Const(0, DELAY_BITS)
+        for i in range(c):
+            d = self.delays[i]
+            lo = Mux(watched[i] & (d < lo), d, lo)
+            hi = Mux(watched[i] & (d > hi), d, hi)
+        m.d.sync += [d_min.eq(lo), d_max.eq(hi)]
+        lowest_detector = Signal(range(16))
+        for i in reversed(range(16)):
+            with m.If(self.detector_mask[i]):
+                m.d.comb += lowest_detector.eq(i)
+
+        # Highest time each watched channel has surely delivered by this clock (stage B holds
+        # word now - 3): the fastest channel's bound decides, the slowest guards the next window.
+        word_end = Signal(TIME_BITS)
+        m.d.comb += word_end.eq(Cat(Const(n - 1, shift), self.now - SEEN_LATENCY))
+        seen_min = Signal(TIME_BITS)
+        seen_max = Signal(TIME_BITS)
+        m.d.comb += [seen_min.eq(word_end + d_min), seen_max.eq(word_end + d_max)]
+
+        # --- attempts: sync tags -> queue of windows ---------------------------------------
+        m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=Attempt.size, depth=ATTEMPT_QUEUE)
+        number = Signal(HERALD_ATTEMPT_BITS)
+        sync_tag = self.tags[0].valid & (self.sync_channel == 0)
+        sync_time = self.tags[0].payload.time
+        for i in range(1, c):
+            sync_tag = Mux(self.sync_channel == i, self.tags[i].valid, sync_tag)
+            sync_time = Mux(self.sync_channel == i, self.tags[i].payload.time, sync_time)
+        pushed = Signal(Attempt)
+        m.d.comb += [pushed.start.eq(sync_time + self.offset_bins), pushed.number.eq(number)]
+        with m.If(sync_tag):
+            m.d.sync += number.eq(number + 1)
+            m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(pushed), self.attempt.eq(1),
+                         self.lost.eq(~queue.w_rdy)]
+
+        # --- the attempt being evaluated ------------------------------------------------------
+        active = Signal()
+        deciding = Signal()
+        start = Signal(TIME_BITS)
+        attempt_no = Signal(HERALD_ATTEMPT_BITS)
+        two = Signal()  # the rule when this window was taken
+        single = Signal()
+        early_end = Signal(TIME_BITS)  # last bin of the early window
+        late_start = Signal(TIME_BITS)
+        last_bin = Signal(TIME_BITS)  # E: the attempt's last bin
+
+        head = Signal(Attempt)
+        m.d.comb += head.eq(queue.r_data)
+        take = Signal()
+        m.d.comb += take.eq(queue.r_rdy & (~active | deciding))
+        m.d.comb += queue.r_en.eq(take)
+        head_late = Signal()
+        # taken now, evaluated from the next clock: a click at S may already be in this clock
+        m.d.comb += head_late.eq(head.start <= seen_max)
+
+        # Click accumulators: number of clicks (0, 1, 2 = two or more), first click's channel/time.
+        early_n, late_n = Signal(2), Signal(2)
+        early_ch, late_ch = Signal(6), Signal(6)
+        early_t, late_t = Signal(TIME_BITS), Signal(TIME_BITS)
+        veto = Signal()
+
+        def window_clicks(lo_bin, hi_bin, mask):
+            """Clicks this clock inside [lo_bin, hi_bin] on ``mask``: (count 0..2, channel, time)
+            of the lowest channel's."""
+            hits = []
+            times = []
+            for i in range(c):
+                tag = self.tags[i]
+                t = tag.payload.time
+                t2 = Signal(TIME_BITS, name=f"lost_time_{i}")
+                m.d.comb += t2.eq(t + tag.payload.gap)
+                ok = tag.valid & ~tag.payload.loss & mask[i]
+                a = ok & (t >= lo_bin) & (t <= hi_bin)
+                b = ok & (tag.payload.count != 0) & (t2 >= lo_bin) & (t2 <= hi_bin)
+                hits.append((a, b))
+                times.append((t, t2))
+            total = Signal(range(2 * c + 1))
+            m.d.comb += total.eq(sum(a + b for a, b in hits))
+            ch = Signal(6)
+            tm = Signal(TIME_BITS)
+            for i in reversed(range(c)):
+                a, b = hits[i]
+                with m.If(a | b):
+                    m.d.comb += [ch.eq(i), tm.eq(Mux(a, times[i][0], times[i][1]))]
+            count = Signal(2)
+            m.d.comb += count.eq(Mux(total > 2, 2, total))
+            return count, ch, tm
+
+        e_cnt, e_ch, e_t = window_clicks(start, early_end, self.detector_mask)
+        l_cnt, l_ch, l_t = window_clicks(late_start, last_bin, self.detector_mask)
+        v_cnt, _, _ = window_clicks(start, last_bin, self.veto_mask)
+
+        def accumulate(acc_n, acc_ch, acc_t, cnt, ch, t):
+            with m.If(acc_n == 0):
+                m.d.sync += [acc_ch.eq(ch), acc_t.eq(t)]
+            m.d.sync += acc_n.eq(Mux(acc_n + cnt > 2, 2, acc_n + cnt))
+
+        with m.If(take):
+            with m.If(head_late | (self.rule == RULE_OFF)):
+                m.d.sync += active.eq(0)
+                m.d.comb += self.late.eq(head_late & (self.rule != RULE_OFF))
+            with m.Else():
+                s = head.start
+                m.d.sync += [
+                    active.eq(1), start.eq(s), attempt_no.eq(head.number),
+                    two.eq(self.rule == RULE_TWO), single.eq(self.rule == RULE_SINGLE),
+                    early_end.eq(s + self.length_bins - 1),
+                    late_start.eq(s + self.late_bins),
+                    last_bin.eq(Mux(self.rule == RULE_TWO, s + self.late_bins + self.length_bins - 1,
+                                    s + self.length_bins - 1)),
+                    early_n.eq(0), late_n.eq(0), veto.eq(0),
+                ]
+            m.d.sync += deciding.eq(0)
+        with m.Elif(deciding):
+            m.d.sync += [active.eq(0), deciding.eq(0)]
+        with m.Elif(active):
+            accumulate(early_n, early_ch, early_t, e_cnt, e_ch, e_t)
+            with m.If(two):
+                accumulate(late_n, late_ch, late_t, l_cnt, l_ch, l_t)
+            with m.If(v_cnt != 0):
+                m.d.sync += veto.eq(1)
+            with m.If(seen_min >= last_bin):  # every click up to E has been seen: done
+                m.d.sync += deciding.eq(1)
+
+        # --- decision (the clock after done), registered to the pin and the record ------------
+        outcome = Signal(4)
+        with m.If(deciding & ~veto):
+            with m.If(single & (early_n == 1)):
+                m.d.comb += outcome.eq(Mux(early_ch == lowest_detector, OUTCOME_PSI_PLUS,
+                                           OUTCOME_PSI_MINUS))
+            with m.If(two & (early_n == 1) & (late_n == 1)):
+                m.d.comb += outcome.eq(Mux(early_ch == late_ch, OUTCOME_TWO_SAME,
+                                           OUTCOME_TWO_DIFFERENT))
+        pin_left = Signal(PIN_CLOCKS_BITS)
+        m.d.sync += [
+            self.record.valid.eq(outcome != 0),
+            self.record.payload.outcome.eq(outcome),
+            self.record.payload.attempt.eq(attempt_no),
+            self.record.payload.channel.eq(Mux(two, late_ch, early_ch)),
+            self.record.payload.time.eq(Mux(two, late_t, early_t)),
+            self.vetoed.eq(deciding & veto),
+            self.success.eq(Cat((outcome == k + 1) for k in range(OUTCOMES))),
+        ]
+        with m.If(outcome != 0):
+            m.d.sync += [self.pin.eq(self.pin_clocks != 0), pin_left.eq(self.pin_clocks - 1)]
+        with m.Elif(pin_left != 0):
+            m.d.sync += pin_left.eq(pin_left - 1)
+        with m.Else():
+            m.d.sync += self.pin.eq(0)
+        return m

@@ -1,0 +1,274 @@
+"""Twins of the coincidence unit (gateware/coincidence.py) and the herald unit
+(gateware/herald.py): the same records, counts and clocks as the RTL on the same stimulus.
+
+Coincidences: one pass over the merged (time, channel) order per pattern (numba), with the
+host's definition (qnode.host.measurements.CoincidencePattern).
+
+Heralds: clicks are counted in each attempt's windows with binary searches over all attempts at
+once (numpy); what stays sequential is only when the unit takes each attempt from its queue (it
+evaluates one at a time), a short numba recurrence over attempts that gives each herald's clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numba
+import numpy as np
+
+from qnode.gateware.params import WRITE_LATENCY
+
+# Keep in step with gateware/herald.py (pure numbers: the twin does not import Amaranth).
+RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
+OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
+SEEN_LATENCY = WRITE_LATENCY
+PIN_LATENCY = SEEN_LATENCY + 2
+QUEUE_LATENCY = 2  # SyncFIFOBuffered: written at P, at its head at P + 2
+ATTEMPT_BITS = 18
+DELAY_MAX = (1 << 16) - 1
+
+
+# ---------------------------------------------------------------------------------------
+# Coincidences
+
+@numba.njit(cache=True)
+def _coincidences(time, channel, is_tag, masks, windows, folds):
+    """Per pattern: the index of the entry completing each counted window, its opening time
+    and the mask of channels that had clicked. Returns flat arrays (entry, pattern, opened, mask)."""
+    n = time.shape[0]
+    p_n = masks.shape[0]
+    out_entry = np.empty(n * p_n, np.int64)
+    out_pattern = np.empty(n * p_n, np.int64)
+    out_opened = np.empty(n * p_n, np.int64)
+    out_mask = np.empty(n * p_n, np.int64)
+    k = 0
+    for p in range(p_n):
+        mask = masks[p]
+        need = folds[p]
+        if need == 0:
+            need = 0
+            for b in range(16):
+                need += (mask >> b) & 1
+        is_open = False
+        opened = np.int64(0)
+        seen = np.int64(0)
+        for i in range(n):
+            if not is_tag[i]:
+                continue
+            bit = np.int64(1) << channel[i]
+            if (mask & bit) == 0:
+                continue
+            t = time[i]
+            if not is_open or t - opened > windows[p]:
+                is_open = True
+                opened = t
+                seen = bit
+                fold = 1
+                if fold == need:
+                    out_entry[k], out_pattern[k], out_opened[k], out_mask[k] = i, p, opened, seen
+                    k += 1
+            elif (seen & bit) == 0:
+                seen |= bit
+                fold = 0
+                for b in range(16):
+                    fold += (seen >> b) & 1
+                if fold == need:
+                    out_entry[k], out_pattern[k], out_opened[k], out_mask[k] = i, p, opened, seen
+                    k += 1
+    return out_entry[:k], out_pattern[:k], out_opened[:k], out_mask[:k]
+
+
+@dataclass
+class CoincidenceResult:
+    entry: np.ndarray  # index (in the merged stream) of the entry that completed the window
+    pattern: np.ndarray
+    opened: np.ndarray  # time of the click that opened the window, bins
+    mask: np.ndarray  # channels that had clicked in it when it counted
+    counts: np.ndarray  # per pattern
+
+
+def coincidences(time_bins, channel, masks, windows_bins, min_folds, *, is_tag=None) -> CoincidenceResult:
+    """The merged stream (time order, ties by channel) -> counted windows, in stream order (by
+    the completing entry, then by pattern: the order the unit emits them)."""
+    time_bins = np.asarray(time_bins, np.int64)
+    channel = np.asarray(channel, np.int64)
+    is_tag = np.ones(len(time_bins), np.bool_) if is_tag is None else np.asarray(is_tag, np.bool_)
+    masks = np.asarray(masks, np.int64)
+    e, p, o, mk = _coincidences(time_bins, channel, is_tag, masks,
+                                np.asarray(windows_bins, np.int64), np.asarray(min_folds, np.int64))
+    order = np.lexsort((p, e))
+    counts = np.bincount(p, minlength=len(masks)).astype(np.int64)
+    return CoincidenceResult(e[order], p[order], o[order], mk[order], counts)
+
+
+def marked_stream(time_bins, channel, masks, windows_bins, min_folds, emit, *, is_tag=None):
+    """What the unit passes on: (coincidence flag, channel or pattern, time, count or mask) rows,
+    entries as they came with the records of emitting patterns right behind their entry.
+    Entries carry count 0 here (the caller compares the fields it drove)."""
+    res = coincidences(time_bins, channel, masks, windows_bins, min_folds, is_tag=is_tag)
+    keep = ((np.int64(emit) >> res.pattern) & 1).astype(bool)
+    n = len(time_bins)
+    flag = np.concatenate([np.zeros(n, np.int64), np.ones(keep.sum(), np.int64)])
+    ch = np.concatenate([np.asarray(channel, np.int64), res.pattern[keep]])
+    t = np.concatenate([np.asarray(time_bins, np.int64), res.opened[keep]])
+    aux = np.concatenate([np.zeros(n, np.int64), res.mask[keep]])
+    # an entry's position is its index; its records sort right behind it, in pattern order
+    key = np.concatenate([np.arange(n, dtype=np.int64) * 32, res.entry[keep] * 32 + 1 + res.pattern[keep]])
+    order = np.argsort(key, kind="stable")
+    return np.stack([flag[order], ch[order], t[order], aux[order]], axis=1), res.counts
+
+
+# ---------------------------------------------------------------------------------------
+# Heralds
+
+@dataclass
+class HeraldSettings:
+    rule: int = RULE_SINGLE
+    sync_channel: int = 0
+    detector_mask: int = 0b11000
+    veto_mask: int = 0
+    offset_bins: int = 0
+    length_bins: int = 10
+    late_bins: int = 0
+    pin_clocks: int = 1
+
+    @classmethod
+    def from_lab(cls, heralding, bin_ps: int, **overrides) -> "HeraldSettings":
+        """The reference lab's single-click settings from [sim.heralding] (channels, 49 us, 10 ns)."""
+        s = cls(rule=RULE_SINGLE,
+                detector_mask=(1 << heralding.channel_plus) | (1 << heralding.channel_minus),
+                offset_bins=round(heralding.arrival_delay_ps / bin_ps),
+                length_bins=round(heralding.window_ps / bin_ps))
+        for k, v in overrides.items():
+            setattr(s, k, v)
+        return s
+
+
+@dataclass
+class HeraldResult:
+    clock: np.ndarray  # clock the pin rises and the record is valid
+    channel: np.ndarray  # detector of the deciding click
+    outcome: np.ndarray
+    attempt: np.ndarray  # attempt number mod 2**18
+    time: np.ndarray  # the deciding click, bins
+    done_sample: np.ndarray  # the sample word (clock) holding the attempt's last window bin
+    counters: dict = field(default_factory=dict)
+
+
+@numba.njit(cache=True)
+def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off):
+    """Clock each attempt is taken from the queue, whether it was late, its decision clock."""
+    a = push_clock.shape[0]
+    take = np.empty(a, np.int64)
+    late = np.zeros(a, np.bool_)
+    decided = np.full(a, -1, np.int64)
+    free = np.int64(0)
+    for i in range(a):
+        q = max(push_clock[i] + QUEUE_LATENCY, free)
+        take[i] = q
+        if rule_off:
+            free = q + 1
+            continue
+        seen_max = (q - SEEN_LATENCY) * n + n - 1 + d_max
+        if start[i] <= seen_max:
+            late[i] = True
+            free = q + 1
+            continue
+        x = (last_bin[i] - d_min) // n + SEEN_LATENCY  # every click up to E seen
+        decided[i] = x
+        free = x + 1  # the deciding clock takes the next attempt
+    return take, late, decided
+
+
+def _clicks(entries, channels, mask):
+    """Click times and channels on the mask's channels: each tag, and the first edge lost in
+    its clock (time + gap), which the unit counts as a click too."""
+    times, chans = [], []
+    for ch in range(channels):
+        if not (mask >> ch) & 1:
+            continue
+        sl = entries.channel(ch)
+        t = entries.time[sl]
+        extra = entries.count[sl] > 0
+        tt = np.concatenate([t, t[extra] + entries.gap[sl][extra]])
+        times.append(tt)
+        chans.append(np.full(len(tt), ch, np.int64))
+    if not times:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    t = np.concatenate(times)
+    c = np.concatenate(chans)
+    order = np.lexsort((c, t))
+    return t[order], c[order]
+
+
+def _in(times, lo, hi):
+    """Number of sorted ``times`` in [lo, hi] for each pair, and the index of the first."""
+    first = np.searchsorted(times, lo, "left")
+    return np.searchsorted(times, hi, "right") - first, first
+
+
+def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: int,
+            delay_bins, n_clocks: int | None = None) -> HeraldResult:
+    """The timestampers' entries (sim.twin.timestamp) -> the herald unit's records and counters.
+    ``n_clocks``: keep what the RTL has delivered before that clock (None: everything)."""
+    s = settings
+    n = oversampling
+    watched = s.detector_mask | s.veto_mask
+    delays = [int(delay_bins[c]) for c in range(channels) if (watched >> c) & 1]
+    d_min = min(delays) if delays else DELAY_MAX
+    d_max = max(delays) if delays else 0
+
+    sl = entries.channel(s.sync_channel)
+    push = entries.clock[sl].astype(np.int64)
+    start = entries.time[sl].astype(np.int64) + s.offset_bins
+    attempt = np.arange(len(push), dtype=np.int64)
+    two = s.rule == RULE_TWO
+    early_end = start + s.length_bins - 1
+    late_start = start + s.late_bins
+    last_bin = late_start + s.length_bins - 1 if two else early_end
+
+    take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, s.rule == RULE_OFF)
+    if n_clocks is not None:
+        attempt_seen = push < n_clocks
+        late &= take < n_clocks
+        decided = np.where(decided + 1 < n_clocks, decided, -1)  # decision registered at x + 1
+    else:
+        attempt_seen = np.ones(len(push), bool)
+    ev = decided >= 0
+
+    det_t, det_c = _clicks(entries, channels, s.detector_mask)
+    veto_t, _ = _clicks(entries, channels, s.veto_mask)
+    e_n, e_i = _in(det_t, start, early_end)
+    l_n, l_i = _in(det_t, late_start, last_bin)
+    v_n, _ = _in(veto_t, start, last_bin)
+    vetoed = ev & (v_n > 0)
+
+    lowest = (s.detector_mask & -s.detector_mask).bit_length() - 1
+    outcome = np.zeros(len(push), np.int64)
+    e_ch = det_c[np.minimum(e_i, max(len(det_c) - 1, 0))] if len(det_c) else np.zeros(len(push), np.int64)
+    l_ch = det_c[np.minimum(l_i, max(len(det_c) - 1, 0))] if len(det_c) else np.zeros(len(push), np.int64)
+    ok = ev & ~vetoed
+    if s.rule == RULE_SINGLE:
+        win = ok & (e_n == 1)
+        outcome[win] = np.where(e_ch[win] == lowest, OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS)
+        ch = e_ch
+        idx = e_i
+    elif two:
+        win = ok & (e_n == 1) & (l_n == 1)
+        outcome[win] = np.where(e_ch[win] == l_ch[win], OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT)
+        ch = l_ch
+        idx = l_i
+    else:
+        win = np.zeros(len(push), bool)
+        ch = idx = np.zeros(len(push), np.int64)
+    w = np.flatnonzero(win)
+    counters = {
+        "herald_attempt_count": int(attempt_seen.sum()),
+        "herald_late_count": int(late.sum()),
+        "herald_veto_count": int(vetoed.sum()),
+        "herald_success_count": [int((outcome == k).sum()) for k in range(1, 5)],
+    }
+    return HeraldResult(
+        clock=decided[w] + 2, channel=ch[w], outcome=outcome[w],
+        attempt=attempt[w] & ((1 << ATTEMPT_BITS) - 1), time=det_t[idx[w]] if len(w) else np.zeros(0, np.int64),
+        done_sample=decided[w] - SEEN_LATENCY, counters=counters)
