@@ -165,7 +165,73 @@ TIMESTAMPER = [
              "write 1: zero every ts_*_count and ts_*_lost counter"),
 ]
 
-REGISTER_MAP = RegisterMap(IDENTITY + TIMESTAMPER)
+# Coincidence unit (gateware/coincidence.py): patterns on the merged, time-ordered stream, with
+# the host's window definition (qnode.host.measurements.CoincidencePattern).
+COINCIDENCE_PATTERNS = 8
+_PAT = dict(count=COINCIDENCE_PATTERNS, stride=1)
+COINCIDENCE = [
+    Register("coinc_mask", 0x0200, 16, Access.RW, 0,
+             "channels of pattern p (bit c = channel c); 0 disables the pattern", **_PAT),
+    Register("coinc_window_bins", 0x0208, 16, Access.RW, 0,
+             "a window opens at a click when none is open and holds clicks up to and including "
+             "this much later; each click belongs to at most one window of the pattern",
+             unit="bins", **_PAT),
+    Register("coinc_min_fold", 0x0210, 5, Access.RW, 0,
+             "distinct channels that must click in a window for it to count (once); 0: all of "
+             "the mask's channels", unit="channels", **_PAT),
+    Register("coinc_emit", 0x0218, 8, Access.RW, 0,
+             "bit p: each counted window of pattern p also becomes a COINCIDENCE word (channel = "
+             "p, aux = mask of the channels that clicked, time = the click that opened it)"),
+    Register("coinc_count", 0x0220, 32, Access.RO, 0,
+             "windows counted by pattern p (wraps)", unit="events", **_PAT),
+    Register("coinc_counters_clear", 0x0228, 1, Access.WO, 0, "write 1: zero every coinc_count"),
+]
+
+# Herald unit (gateware/herald.py; rules and the latency in docs/gateware.md).
+HERALD_OUTCOMES = 4
+HERALD = [
+    Register("herald_rule", 0x0300, 2, Access.RW, 0,
+             "0 off (attempts counted only), 1 single-click (exactly one detector click in the "
+             "window), 2 two-click Barrett-Kok (exactly one in the early and one in the late window)"),
+    Register("herald_sync_channel", 0x0301, 4, Access.RW, 0,
+             "channel whose tags start attempts (one attempt per tag, numbered from 0 at reset)"),
+    Register("herald_detector_mask", 0x0302, 16, Access.RW, 0,
+             "heralding detectors (bit c = channel c); the lowest one's click is psi+ (outcome 1)"),
+    Register("herald_veto_mask", 0x0303, 16, Access.RW, 0,
+             "any click on these channels from the window start to the attempt's last bin "
+             "cancels the herald"),
+    Register("herald_offset_bins", 0x0304, 32, Access.RW, 0,
+             "window start after the sync tag; may span many sync periods (64 attempts in flight)",
+             unit="bins"),
+    Register("herald_length_bins", 0x0305, 16, Access.RW, 0,
+             "window length: clicks at start .. start + length - 1 count", unit="bins"),
+    Register("herald_late_bins", 0x0306, 32, Access.RW, 0,
+             "two-click rule: late window start after the early window start", unit="bins"),
+    Register("herald_pin_clocks", 0x0307, 16, Access.RW, 1,
+             "clocks the herald pin stays high after a herald (0: the pin stays low)",
+             unit="clocks"),
+    Register("herald_attempt_count", 0x0310, 32, Access.RO, 0,
+             "attempts: sync tags seen (wraps)", unit="events"),
+    Register("herald_success_count", 0x0311, 32, Access.RO, 0,
+             "heralds with outcome o + 1: psi+ (single click, lowest detector), psi- (single "
+             "click, another detector), two-click same detector, two-click different detectors "
+             "(wraps)", unit="events", count=HERALD_OUTCOMES, stride=1),
+    Register("herald_veto_count", 0x0315, 32, Access.RO, 0,
+             "attempts cancelled by a veto click (wraps)", unit="events"),
+    Register("herald_late_count", 0x0316, 32, Access.RO, 0,
+             "attempts skipped because clicks at their window start could already have passed "
+             "when the unit took them (windows too close together, or offset too small)",
+             unit="events"),
+    Register("herald_lost_count", 0x0317, 32, Access.RO, 0,
+             "attempts lost because 64 were already in flight (wraps)", unit="events"),
+    Register("herald_latency_clocks", 0x0318, 8, Access.RO, 0,
+             "clocks from the sample word holding the attempt's last window bin to the herald pin "
+             "(fixed; 0: no herald unit in this build)", unit="clocks"),
+    Register("herald_counters_clear", 0x0319, 1, Access.WO, 0,
+             "write 1: zero every herald_*_count"),
+]
+
+REGISTER_MAP = RegisterMap(IDENTITY + TIMESTAMPER + COINCIDENCE + HERALD)
 """qnode's register map. Later blocks (coincidence, herald, link) append here."""
 
 
