@@ -99,3 +99,24 @@ def test_against_a_running_daemon_delays_go_to_its_fpga(tmp_path):
     assert all(abs(v) <= 1.0 for v in report["delay_error_bins"].values())
     # the simulated SNSPD controller lives inside the daemon's lab; the phase loop was not started
     assert len(report["skipped"]) == 2
+
+
+def test_cli_one_shot_window_and_argument_errors(tmp_path):
+    from pathlib import Path
+
+    from click.testing import CliRunner
+
+    from qnode.host.cli import main
+
+    text = (Path(__file__).parents[1] / "lab_configs" / "sim.toml").read_text()
+    config = tmp_path / "lab.toml"
+    config.write_text(text.replace("delay_seconds = 2.0", "delay_seconds = 0.5"))
+    runner = CliRunner()
+    with runner.isolated_filesystem(temp_dir=tmp_path):
+        result = runner.invoke(main, ["calibrate", "window", "--config", str(config)])
+        assert result.exit_code == 0, result.output
+        assert "car:" in result.output and "window_ps: 2000" in result.output
+        assert list(Path("runs/calibration").glob("*/report.json"))  # the config's report_directory
+        assert not Path("runs/calibration/history.json").exists()  # one-shots keep no history
+    both = runner.invoke(main, ["calibrate", "window", "--nightly", "--config", str(config)])
+    assert both.exit_code == 2 and "either --nightly or one of" in both.output
