@@ -101,7 +101,7 @@ def test_against_a_running_daemon_delays_go_to_its_fpga(tmp_path):
     assert len(report["skipped"]) == 2
 
 
-def test_cli_one_shot_window_and_argument_errors(tmp_path):
+def test_cli_one_shot_window_and_argument_errors(tmp_path, monkeypatch):
     from pathlib import Path
 
     from click.testing import CliRunner
@@ -112,11 +112,11 @@ def test_cli_one_shot_window_and_argument_errors(tmp_path):
     config = tmp_path / "lab.toml"
     config.write_text(text.replace("delay_seconds = 2.0", "delay_seconds = 0.5"))
     runner = CliRunner()
-    with runner.isolated_filesystem(temp_dir=tmp_path):
-        result = runner.invoke(main, ["calibrate", "window", "--config", str(config)])
-        assert result.exit_code == 0, result.output
-        assert "car:" in result.output and "window_ps: 2000" in result.output
-        assert list(Path("runs/calibration").glob("*/report.json"))  # the config's report_directory
-        assert not Path("runs/calibration/history.json").exists()  # one-shots keep no history
+    monkeypatch.chdir(tmp_path)  # the config's report_directory and history are relative
+    result = runner.invoke(main, ["calibrate", "window", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert "car:" in result.output and "window_ps: 2000" in result.output
+    assert list((tmp_path / "runs/calibration").glob("*/report.json"))
+    assert not (tmp_path / "runs/calibration/history.json").exists()  # one-shots keep no history
     both = runner.invoke(main, ["calibrate", "window", "--nightly", "--config", str(config)])
     assert both.exit_code == 2 and "either --nightly or one of" in both.output
