@@ -180,3 +180,17 @@ def test_daemon_runs_the_phase_lock_loop_with_settings_and_status():
             client.call("loops.start", name="temperature_watch")
         assert not client.call("loops.stop", name="phase_lock")["running"]
         client.close()
+
+
+def test_duty_cycle_comes_from_the_reference_timing():
+    from qnode.host.config import load_config
+
+    config = load_config()
+    # 200 us of reference light every 2 ms (10 % duty, half the update rate)
+    ref = config.sim.reference.model_copy(update={"cycle_ps": 2_000_000_000, "burst_ps": 200_000_000})
+    config = config.model_copy(update={"sim": config.sim.model_copy(update={"reference": ref})})
+    run = simulate_lock(config, duration_s=0.4, seed=4)
+    assert run.controller.settings.cycle_s == pytest.approx(2e-3)
+    assert run.controller.settings.burst_s == pytest.approx(200e-6)
+    assert len(run.cycle_t_s) == 200
+    assert run.rms_deg(0.1, 0.4) <= 10.0
