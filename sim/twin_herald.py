@@ -149,7 +149,8 @@ class HeraldResult:
     clock: np.ndarray  # clock the pin rises and the record is valid
     channel: np.ndarray  # detector of the deciding click
     outcome: np.ndarray
-    attempt: np.ndarray  # attempt number mod 2**18
+    attempt: np.ndarray  # attempt number mod 2**18 (what the HERALD word carries)
+    attempt_index: np.ndarray  # the full attempt number (sync tags since reset)
     time: np.ndarray  # the deciding click, bins
     done_sample: np.ndarray  # the sample word (clock) holding the attempt's last window bin
     counters: dict = field(default_factory=dict)
@@ -270,5 +271,5 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     }
     return HeraldResult(
         clock=decided[w] + 2, channel=ch[w], outcome=outcome[w],
-        attempt=attempt[w] & ((1 << ATTEMPT_BITS) - 1), time=det_t[idx[w]] if len(w) else np.zeros(0, np.int64),
+        attempt=attempt[w] & ((1 << ATTEMPT_BITS) - 1), attempt_index=attempt[w], time=det_t[idx[w]] if len(w) else np.zeros(0, np.int64),
         done_sample=decided[w] - SEEN_LATENCY, counters=counters)
