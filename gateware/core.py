@@ -5,7 +5,7 @@ The merged stream between Merger and Packer is an ordinary ``amaranth.lib.stream
 takes the packer's ``words`` stream. Registers come from firmware/registers.py REGISTER_MAP.
 """
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -16,7 +16,7 @@ from .capture import InputCapture, coarse_bits
 from .channel_fifo import ChannelFifo
 from .merger import Merger
 from .packer import Packer
-from .params import COMPARE_BITS, HORIZON_CLOCKS, check_geometry
+from .params import check_geometry
 from .regfile import RegisterFile
 from .timestamper import Timestamper
 
@@ -69,10 +69,7 @@ class TimeTaggerCore(wiring.Component):
         m.submodules.capture = capture = InputCapture(c, n)
         m.d.comb += [capture.pins.eq(self.pins), capture.now.eq(now)]
 
-        m.submodules.merger = merger = Merger(c)
-        horizon = Signal(COMPARE_BITS)
-        m.d.comb += horizon.eq(Cat(Const(0, n.bit_length() - 1), now - HORIZON_CLOCKS))
-        m.d.comb += merger.horizon.eq(horizon)
+        m.submodules.merger = merger = Merger(c, n, self.start_now)
 
         m.submodules.packer = packer = Packer(c, self.bin_ps, self.output_depth)
         wiring.connect(m, merger.merged, packer.merged)

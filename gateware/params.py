@@ -9,9 +9,11 @@ Pipeline (clocks from the sample word at the core's input to the FIFO write)::
     clock k+3   stage B register: time_bins = k*N + fine + delay_bins  -> ChannelFifo write
     clock k+5   earliest the entry shows at the FIFO head (SyncFIFOBuffered adds 2)
 
-The merger may emit an entry once every channel either shows a head or cannot still produce
-anything earlier: an empty channel can only later deliver words sampled at clock >= now - 4,
-so its bound ("horizon") is (now - HORIZON_CLOCKS) * N bins.
+The merger is a tree of registered two-way merge nodes (gateware/merger.py): a node passes on
+the earlier of its children's heads, or a lone head once it is earlier than anything the empty
+side can still deliver: an empty channel FIFO can only later deliver words sampled at clock
+>= now - 4, so its bound ("horizon") is (now - HORIZON_CLOCKS) * N bins, and each tree level
+below a node adds one clock: (now - HORIZON_CLOCKS - L) * N for a child at level L.
 """
 
 TIME_BITS = 56
@@ -26,7 +28,12 @@ WRITE_LATENCY = 3  # clocks from the input word to the ChannelFifo write
 VISIBLE_LATENCY = 2  # SyncFIFOBuffered: written at w, at the head no earlier than w + 2
 HORIZON_CLOCKS = WRITE_LATENCY + 1
 
-MERGE_QUEUE = 4  # depth of the merger's output queue (SyncFIFOBuffered)
+
+
+def merge_levels(channels: int) -> int:
+    """Levels of the merger's tree (at least one node): 3 for 5..8 channels, 4 for 9..16."""
+    return max(1, (channels - 1).bit_length())
+
 
 COUNT_BITS = 18  # LOSS count field of the event word
 GAP_BITS = 4  # same-clock loss: first dropped edge minus the tag, in bins (< N <= 8)

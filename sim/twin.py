@@ -25,7 +25,7 @@ import numpy as np
 
 from qnode.firmware.events import Kind, LossReason, header_word
 from qnode.gateware.params import (
-    HORIZON_CLOCKS, MERGE_QUEUE, VISIBLE_LATENCY, WRITE_LATENCY, check_geometry,
+    HORIZON_CLOCKS, VISIBLE_LATENCY, WRITE_LATENCY, check_geometry, merge_levels,
 )
 
 VISIBLE = VISIBLE_LATENCY
@@ -243,13 +243,29 @@ BURST_MAX = 16
 
 
 @numba.njit(cache=True)
+def _root_take(w, t, ch, c_n, levels, shift, start_now):
+    """The clock the merger's root node takes an entry (written to its FIFO at ``w``, time
+    ``t``, channel ``ch``) that meets an empty merger tree; the packer takes it one clock later.
+    At level L it waits for the bound of its sibling subtree (if that holds any channel)."""
+    e0 = (t >> shift) + HORIZON_CLOCKS - start_now + 1  # first clock t < (now - H) * N
+    x = w + VISIBLE
+    for lv in range(1, levels + 1):
+        if lv > 1:
+            x += 1
+        sibling = (ch >> (lv - 1)) ^ 1
+        if (sibling << (lv - 1)) < c_n:
+            x = max(x, e0 + lv - 1)
+    return x
+
+
+@numba.njit(cache=True)
 def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, first, depth, shift,
-           start_now, c_n, epoch_sent, out_words, n_out, g_ptr, g_clock, g_entry, g_ch):
+           start_now, c_n, levels, epoch_sent, out_words, n_out, g_ptr, g_clock, g_entry, g_ch):
     """An idle pipeline, an always-ready consumer and a burst of entries that no channel FIFO
     can overflow on (at most depth - 2 of them): the merger then emits them in (time, channel)
     order, whatever their clocks, and the pipeline is idle again by ``bound`` (a safe upper
-    bound: every entry is at its head and eligible by ``base``, then each takes at most
-    4 packer clocks plus queue latency). Taken only if the next entry arrives after ``bound``.
+    bound: every entry could reach the packer by ``base`` on its own, then each takes at most
+    4 packer clocks plus the tree's latency). Taken only if the next entry arrives after ``bound``.
     Returns (first idle clock, epoch, words, next channel) or (-1, ...) when it does not apply."""
     limit = min(depth - 2, BURST_MAX)
     for ch in range(c_n):
@@ -266,13 +282,11 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
         g_entry[n_g] = i
         g_ch[n_g] = ch
         n_g += 1
-        ready_at = ent_clock[i] + VISIBLE
-        if c_n > 1:
-            ready_at = max(ready_at, (ent_time[i] >> shift) + HORIZON_CLOCKS - start_now + 1)
+        ready_at = _root_take(ent_clock[i], ent_time[i], ch, c_n, levels, shift, start_now) + 1
         base = max(base, ready_at)
         g_ptr[ch] = i + 1
         g_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
-        bound = base + 4 + 8 * n_g
+        bound = base + 4 + 2 * levels + 8 * n_g
         ch = _next_entry(g_clock, -1, NONE_LEFT)
         if ch < 0 or g_clock[ch] > bound:
             break
@@ -339,21 +353,32 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     arr_count = np.zeros(c_n, np.int64)
     arr_gap = np.zeros(c_n, np.int64)
 
-    # the merger's output queue (SyncFIFOBuffered, MERGE_QUEUE deep)
-    m_cap = MERGE_QUEUE - 1
-    mq_time = np.zeros(m_cap, np.int64)
-    mq_loss = np.zeros(m_cap, np.int64)
-    mq_count = np.zeros(m_cap, np.int64)
-    mq_gap = np.zeros(m_cap, np.int64)
-    mq_ch = np.zeros(m_cap, np.int64)
-    mq_head = 0
-    mq_n = 0
+    # the merger's tree: level lv (1..levels) holds 2**(levels - lv) nodes, node j of level lv
+    # is nd = off[lv] + j and merges children 2j and 2j + 1 of level lv - 1 (level 0: the
+    # channel FIFO heads). Each node: two slots (0 is its head), v0/v1 say which hold an entry.
+    levels = 1
+    while (1 << levels) < c_n:
+        levels += 1
+    off = np.zeros(levels + 2, np.int64)
+    for lv in range(1, levels + 1):
+        off[lv + 1] = off[lv] + (1 << (levels - lv))
+    n_nodes = off[levels + 1]
+    nd_present = np.zeros(n_nodes, np.bool_)
+    nd_v0 = np.zeros(n_nodes, np.bool_)
+    nd_v1 = np.zeros(n_nodes, np.bool_)
+    nd_time = np.zeros((n_nodes, 2), np.int64)
+    nd_loss = np.zeros((n_nodes, 2), np.int64)
+    nd_count = np.zeros((n_nodes, 2), np.int64)
+    nd_gap = np.zeros((n_nodes, 2), np.int64)
+    nd_ch = np.zeros((n_nodes, 2), np.int64)
+    nd_take = np.full(n_nodes, -1, np.int64)  # child side taken in this clock (0, 1) or -1
+    for lv in range(1, levels + 1):
+        for j in range(1 << (levels - lv)):
+            nd_present[off[lv] + j] = (j << lv) < c_n
+    root = off[levels]
+    n_full = 0  # nodes holding an entry
+    heads_in = 0  # channel FIFO heads valid at the start of the clock
     mh_valid = False
-    mh_time = np.int64(0)
-    mh_loss = np.int64(0)
-    mh_count = np.int64(0)
-    mh_gap = np.int64(0)
-    mh_ch = 0
 
     header_sent = False
     epoch_sent = np.int64(0)
@@ -403,18 +428,39 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 ptr[ch] = i + 1
                 next_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
 
-        # ---- merger: the earliest head (ties: lowest channel), if no empty channel can beat it
-        best = -1
-        any_empty = False
-        for ch in range(c_n):
-            if head_valid[ch]:
-                if best < 0 or head_time[ch] < head_time[best]:
-                    best = ch
-            else:
-                any_empty = True
-        winner = best
-        if best >= 0 and any_empty and not head_time[best] < (now - HORIZON_CLOCKS) * n:
-            winner = -1
+        # ---- merger tree: every node's decision from this clock's registers
+        moving = n_full > 0 or heads_in > 0
+        if moving:
+            for lv in range(1, levels + 1):
+                bound = (now - HORIZON_CLOCKS - (lv - 1)) * n
+                for j in range(1 << (levels - lv)):
+                    nd = off[lv] + j
+                    nd_take[nd] = -1
+                    if not nd_present[nd] or nd_v1[nd]:
+                        continue
+                    ka = 2 * j
+                    kb = ka + 1
+                    pb = (kb << (lv - 1)) < c_n
+                    if lv == 1:
+                        va = head_valid[ka]
+                        vb = pb and head_valid[kb]
+                        ta = head_time[ka]
+                        tb = head_time[kb] if pb else np.int64(0)
+                    else:
+                        ca = off[lv - 1] + ka
+                        va = nd_v0[ca]
+                        ta = nd_time[ca, 0]
+                        vb = False
+                        tb = np.int64(0)
+                        if pb:
+                            cb = off[lv - 1] + kb
+                            vb = nd_v0[cb]
+                            tb = nd_time[cb, 0]
+                    if va and ((not pb) or (ta <= tb if vb else ta < bound)):
+                        nd_take[nd] = 0
+                    elif vb and (ta > tb if va else tb < bound):
+                        nd_take[nd] = 1
+        mh_valid = nd_v0[root]
 
         # ---- packer
         room = q_n != q_cap
@@ -457,8 +503,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     f_ch = ch
                     break
         flush = take and f_ch >= 0 and level <= q_depth - 4
-        pop = mh_valid and take and not flush  # the packer takes the queue's head
-        merge = winner >= 0 and mq_n != m_cap  # the winner goes into the merger's queue
+        pop = mh_valid and take and not flush  # the packer takes the root's head
         rd = q_valid and (c >= n_ready or ready[c])
         drop_count = np.int64(1) if (kind == _REC_TAG and not second) else p_count
 
@@ -520,38 +565,68 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         elif pop:
             busy = True
             second = False
-            kind = _REC_FIFO_LOSS if mh_loss else _REC_TAG
-            p_ch = mh_ch
-            p_time = mh_time
-            p_count = mh_count
-            p_gap = mh_gap
+            kind = _REC_FIFO_LOSS if nd_loss[root, 0] else _REC_TAG
+            p_ch = nd_ch[root, 0]
+            p_time = nd_time[root, 0]
+            p_count = nd_count[root, 0]
+            p_gap = nd_gap[root, 0]
 
-        # ---- merger queue
-        w_idx = (mq_head + mq_n) % m_cap
-        if mq_n > 0 and ((not mh_valid) or pop):
-            mh_time = mq_time[mq_head]
-            mh_loss = mq_loss[mq_head]
-            mh_count = mq_count[mq_head]
-            mh_gap = mq_gap[mq_head]
-            mh_ch = mq_ch[mq_head]
-            mh_valid = True
-            mq_head = (mq_head + 1) % m_cap
-            mq_n -= 1
-        elif pop:
-            mh_valid = False
-        if merge:
-            mq_time[w_idx] = head_time[winner]
-            mq_loss[w_idx] = head_loss[winner]
-            mq_count[w_idx] = head_count[winner]
-            mq_gap[w_idx] = head_gap[winner]
-            mq_ch[w_idx] = winner
-            mq_n += 1
+        # ---- merger tree nodes, the root first (a node reads its children before they change)
+        if moving:
+            for lv in range(levels, 0, -1):
+                for j in range(1 << (levels - lv)):
+                    nd = off[lv] + j
+                    if not nd_present[nd]:
+                        continue
+                    if lv == levels:
+                        nd_pop = pop
+                    else:
+                        nd_pop = nd_take[off[lv + 1] + (j >> 1)] == (j & 1)
+                    side = nd_take[nd]
+                    push = side >= 0
+                    if not (push or nd_pop):
+                        continue
+                    dst = 0
+                    if nd_v1[nd]:
+                        if nd_pop:
+                            nd_time[nd, 0] = nd_time[nd, 1]
+                            nd_loss[nd, 0] = nd_loss[nd, 1]
+                            nd_count[nd, 0] = nd_count[nd, 1]
+                            nd_gap[nd, 0] = nd_gap[nd, 1]
+                            nd_ch[nd, 0] = nd_ch[nd, 1]
+                            nd_v1[nd] = False
+                        continue
+                    if nd_v0[nd]:
+                        if push and not nd_pop:
+                            dst = 1
+                            nd_v1[nd] = True
+                        elif not push:
+                            nd_v0[nd] = False
+                            n_full -= 1
+                            continue
+                    else:
+                        nd_v0[nd] = True
+                        n_full += 1
+                    k = 2 * j + side
+                    if lv == 1:
+                        nd_time[nd, dst] = head_time[k]
+                        nd_loss[nd, dst] = head_loss[k]
+                        nd_count[nd, dst] = head_count[k]
+                        nd_gap[nd, dst] = head_gap[k]
+                        nd_ch[nd, dst] = k
+                    else:
+                        ck = off[lv - 1] + k
+                        nd_time[nd, dst] = nd_time[ck, 0]
+                        nd_loss[nd, dst] = nd_loss[ck, 0]
+                        nd_count[nd, dst] = nd_count[ck, 0]
+                        nd_gap[nd, dst] = nd_gap[ck, 0]
+                        nd_ch[nd, dst] = nd_ch[ck, 0]
 
         # ---- channel FIFOs
         fifo_busy = False
         heads = 0
         for ch in range(c_n):
-            r_en = merge and winner == ch
+            r_en = moving and nd_take[off[1] + (ch >> 1)] == (ch & 1)
             if not (arr_valid[ch] or r_en or pend[ch] != 0 or inner_n[ch] != 0):
                 if head_valid[ch]:
                     heads += 1
@@ -612,8 +687,9 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
 
         # ---- next clock; skip clocks in which nothing can change
         c_next = c + 1
-        quiet = (header_sent and not busy and q_n == 0 and not q_valid and mq_n == 0
-                 and not mh_valid and not fifo_busy and n_out_pend == 0)
+        heads_in = heads
+        quiet = (header_sent and not busy and q_n == 0 and not q_valid and n_full == 0
+                 and not fifo_busy and n_out_pend == 0)
         nxt = -1
         next_arrival = limit
         if quiet:
@@ -625,9 +701,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 e = ptr[nxt]
                 w = ent_clock[e]
                 t = ent_time[e]
-                pop_at = w + VISIBLE
-                if c_n > 1:
-                    pop_at = max(pop_at, (t >> shift) + HORIZON_CLOCKS - start_now + 1)
+                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1  # by the packer
                 k = 1
                 if (t >> 32) != epoch_sent:
                     k += 1
@@ -635,13 +709,13 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     k += 1
                     if ((t + ent_gap[e]) >> 32) != (t >> 32):
                         k += 1
-                done = pop_at + VISIBLE + k  # through the merger's queue, then k words
+                done = take_at + k  # then k words
                 following = ent_clock[e + 1] if e + 1 < ent_end[nxt] else NONE_LEFT
                 after = _next_entry(next_clock, nxt, following)
                 if after >= 0 and (following if after == nxt else next_clock[after]) <= done:
                     # A small burst: handled at once if it clears before the next arrival.
                     res = _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock,
-                                 nxt, depth, shift, start_now, c_n, epoch_sent, out_words, n_out,
+                                 nxt, depth, shift, start_now, c_n, levels, epoch_sent, out_words, n_out,
                                  g_ptr, g_clock, g_entry, g_ch)
                     if res[0] < 0:
                         break
@@ -673,13 +747,18 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     c = c_next
                     break
                 c_next = next_arrival
-            elif heads < c_n:
-                best = -1
+            else:
+                # heads wait at the leaf nodes for their sibling's horizon: the first clock
+                # one of them can move (now, if a leaf has both heads or no sibling)
+                eligible = NONE_LEFT
                 for ch in range(c_n):
-                    if head_valid[ch] and (best < 0 or head_time[ch] < head_time[best]):
-                        best = ch
-                # first clock whose horizon passes the earliest head
-                eligible = (head_time[best] >> shift) + HORIZON_CLOCKS - start_now + 1
+                    if head_valid[ch]:
+                        sib = ch ^ 1
+                        if sib >= c_n or head_valid[sib]:
+                            eligible = c_next
+                            break
+                        eligible = min(eligible,
+                                       (head_time[ch] >> shift) + HORIZON_CLOCKS - start_now + 1)
                 c_next = max(c_next, min(eligible, next_arrival))
         c = c_next
     return n_out, c

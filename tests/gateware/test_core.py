@@ -8,6 +8,7 @@ import pytest
 from qnode.firmware.events import Kind, LossReason, decode_words, split_aux
 from qnode.firmware.registers import REGISTER_MAP
 from qnode.gateware.core import TimeTaggerCore
+from qnode.gateware.params import merge_levels
 from qnode.gateware.simulate import simulate_core
 from qnode.sim.twin import Twin, TwinConfig, samples_from_pulses
 
@@ -174,7 +175,8 @@ def delivered_clocks(core, samples):
     return out
 
 
-def test_isolated_tag_latency_is_fixed_at_ten_clocks():
+def test_isolated_tag_latency_is_fixed_at_eleven_clocks():
+    # capture 1, timestamper 2, FIFO 2, merger tree 3 levels (8 channels), packer 1, output 2
     cfg = TwinConfig(channels=8, oversampling=4, sys_clk_hz=200_000_000)
     k = np.arange(10, 200, 19)  # sample clocks, far apart
     fine = np.arange(len(k)) % 4  # every fine position, bit 0 to bit N-1
@@ -184,4 +186,5 @@ def test_isolated_tag_latency_is_fixed_at_ten_clocks():
                                                               sys_clk_hz=200_000_000), samples)
            if w >> 60 == Kind.TAG]
     assert [w & 0xFFFFFFFF for _, w in got] == list(k * 4 + fine)
-    assert [c for c, _ in got] == list(k + 10)
+    assert merge_levels(8) == 3
+    assert [c for c, _ in got] == list(k + 11)
