@@ -169,16 +169,16 @@ def test_daemon_runs_the_phase_lock_loop_with_settings_and_status():
         assert status["bursts"] > 0 and status["errors"] == 0, status
         assert status["state"] in ("acquiring", "relocking", "locked")
         assert 0.0 <= status["actuator_v"] <= 150.0
-        # the stretcher follows the loop's command
-        assert daemon.instruments["stretcher"].voltage_v() == pytest.approx(
-            client.call("loops.status", name="phase_lock")["actuator_v"], abs=0.01)
         changed = client.call("loops.set", name="phase_lock", settings={"setpoint_deg": 60.0})
         assert changed["settings"]["setpoint_deg"] == 60.0 and changed["running"]
         with pytest.raises(ApiError, match="setpont"):
             client.call("loops.set", name="phase_lock", settings={"setpont": 1.0})
         with pytest.raises(ApiError, match="NotAvailable|temperature_watch"):
             client.call("loops.start", name="temperature_watch")
-        assert not client.call("loops.stop", name="phase_lock")["running"]
+        stopped = client.call("loops.stop", name="phase_lock")
+        assert not stopped["running"]
+        # the stretcher holds the loop's last command
+        assert daemon.instruments["stretcher"].voltage_v() == pytest.approx(stopped["actuator_v"], abs=0.01)
         client.close()
 
 
