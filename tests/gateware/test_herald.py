@@ -9,11 +9,14 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from amaranth import Module, Signal
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
 from amaranth.sim import Simulator
 
 from qnode.gateware.capture import InputCapture
 from qnode.gateware.herald import (
-    ATTEMPT_QUEUE, PIN_LATENCY, RULE_OFF, RULE_SINGLE, RULE_TWO, HeraldUnit,
+    ATTEMPT_QUEUE, LENGTH_BITS, OFFSET_BITS, PIN_CLOCKS_BITS, PIN_LATENCY, RULE_OFF, RULE_SINGLE,
+    RULE_TWO, HeraldRecord, HeraldUnit,
 )
 from qnode.gateware.params import TIME_BITS
 from qnode.gateware.timestamper import Timestamper
@@ -22,53 +25,75 @@ from qnode.sim.twin_herald import HeraldSettings, heralds
 
 N = 8
 C = 5  # sync 0, spdc 1, 2, D+ 3, D- 4 (as the reference lab)
-SETTING_PORTS = ("rule", "sync_channel", "detector_mask", "veto_mask", "offset_bins",
-                 "length_bins", "late_bins", "pin_clocks")
+SETTING_WIDTHS = {"rule": 2, "sync_channel": 4, "detector_mask": 16, "veto_mask": 16,
+                  "offset_bins": OFFSET_BITS, "length_bins": LENGTH_BITS, "late_bins": OFFSET_BITS,
+                  "pin_clocks": PIN_CLOCKS_BITS}
 
 
-class Bench:
-    """Capture -> timestamper per channel -> HeraldUnit, as the core wires them."""
+class HeraldBench(wiring.Component):
+    """Capture -> timestamper per channel -> HeraldUnit, wired as the core wires them; the
+    timestamper settings are ports (also the top of the Verilator model below)."""
 
-    def __init__(self, cfg: TwinConfig):
+    def __init__(self, channels: int, oversampling: int):
+        self.channels, self.oversampling = channels, oversampling
+        ports = {
+            "pins": In(data.ArrayLayout(oversampling, channels)),
+            "enable": In(channels), "edge": In(channels),
+            "delay_bins": In(data.ArrayLayout(16, channels)),
+            "dead_time_bins": In(data.ArrayLayout(16, channels)),
+            "pin": Out(1), "record_valid": Out(1), "record": Out(HeraldRecord),
+            "attempt": Out(1), "lost": Out(1), "late": Out(1), "vetoed": Out(1),
+            "success": Out(4),
+        }
+        ports.update({name: In(width) for name, width in SETTING_WIDTHS.items()})
+        super().__init__(ports)
+
+    def elaborate(self, platform):
         m = Module()
-        self.cfg = cfg
-        self.pins = [Signal(cfg.oversampling, name=f"pins_{i}") for i in range(cfg.channels)]
+        c, n = self.channels, self.oversampling
         now = Signal(TIME_BITS)
         m.d.sync += now.eq(now + 1)
-        m.submodules.capture = capture = InputCapture(cfg.channels, cfg.oversampling)
-        m.d.comb += capture.now.eq(now)
-        m.submodules.herald = self.herald = herald = HeraldUnit(cfg.channels, cfg.oversampling)
+        m.submodules.capture = capture = InputCapture(c, n)
+        m.d.comb += [capture.now.eq(now), capture.pins.eq(self.pins)]
+        m.submodules.herald = herald = HeraldUnit(c, n)
         m.d.comb += herald.now.eq(now)
-        for i in range(cfg.channels):
-            ts = Timestamper(cfg.oversampling)
+        for name in SETTING_WIDTHS:
+            m.d.comb += getattr(herald, name).eq(getattr(self, name))
+        for name in ("pin", "attempt", "lost", "late", "vetoed", "success"):
+            m.d.comb += getattr(self, name).eq(getattr(herald, name))
+        m.d.comb += [self.record_valid.eq(herald.record.valid),
+                     self.record.eq(herald.record.payload)]
+        for i in range(c):
+            ts = Timestamper(n)
             m.submodules[f"ts{i}"] = ts
             m.d.comb += [
-                capture.pins[i].eq(self.pins[i]),
                 ts.samples.eq(capture.samples[i]), ts.sample_now.eq(capture.sample_now),
-                ts.enable.eq(cfg.enable[i]), ts.edge.eq(cfg.edge[i]),
-                ts.delay_bins.eq(cfg.delay_bins[i]), ts.dead_time_bins.eq(cfg.dead_time_bins[i]),
+                ts.enable.eq(self.enable[i]), ts.edge.eq(self.edge[i]),
+                ts.delay_bins.eq(self.delay_bins[i]), ts.dead_time_bins.eq(self.dead_time_bins[i]),
                 herald.tags[i].valid.eq(ts.entry.valid), herald.tags[i].payload.eq(ts.entry.payload),
-                herald.delays[i].eq(cfg.delay_bins[i]),
+                herald.delays[i].eq(self.delay_bins[i]),
             ]
-        self.m = m
+        return m
 
 
 def run_rtl(cfg: TwinConfig, settings: HeraldSettings, samples):
     """Drive the sample words one per clock; return the records (clock, channel, outcome,
     attempt, time), the clocks the pin is high, and the counter pulses summed."""
-    bench = Bench(cfg)
-    h = bench.herald
+    h = HeraldBench(cfg.channels, cfg.oversampling)
     records, pin_high = [], []
     counts = dict(attempt=0, lost=0, late=0, vetoed=0, success=[0, 0, 0, 0])
 
     async def tb(ctx):
-        for name in SETTING_PORTS:
+        for name in SETTING_WIDTHS:
             ctx.set(getattr(h, name), getattr(settings, name))
+        ctx.set(h.enable, sum(e << i for i, e in enumerate(cfg.enable)))
+        ctx.set(h.edge, sum(e << i for i, e in enumerate(cfg.edge)))
+        ctx.set(h.delay_bins, cfg.delay_bins)
+        ctx.set(h.dead_time_bins, cfg.dead_time_bins)
         for clock, words in enumerate(samples):
-            for i in range(cfg.channels):
-                ctx.set(bench.pins[i], int(words[i]))
-            if ctx.get(h.record.valid):
-                p = ctx.get(h.record.payload)
+            ctx.set(h.pins, [int(w) for w in words])
+            if ctx.get(h.record_valid):
+                p = ctx.get(h.record)
                 records.append((clock, p.channel, p.outcome, p.attempt, p.time))
             if ctx.get(h.pin):
                 pin_high.append(clock)
@@ -79,7 +104,7 @@ def run_rtl(cfg: TwinConfig, settings: HeraldSettings, samples):
                 counts["success"][k] += (s >> k) & 1
             await ctx.tick()
 
-    sim = Simulator(bench.m)
+    sim = Simulator(h)
     sim.add_clock(1e-8)
     sim.add_testbench(tb)
     sim.run()
@@ -246,18 +271,18 @@ def test_an_attempt_whose_window_has_begun_is_late_and_skipped():
     assert records == [] and counts["late"] == 1
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
-@pytest.mark.parametrize("rule", [RULE_SINGLE, RULE_TWO])
-def test_random_stimulus_against_the_twin(seed, rule):
-    rng = np.random.default_rng(seed)
-    cfg = TwinConfig(channels=C, oversampling=N, delay_bins=list(rng.integers(0, 30, C)),
+def random_case(seed, rule, n_clocks=3000, oversampling=N):
+    """Syncs every ~120 bins (10 % missing), clicks around each window and its edges on the
+    detectors and a veto channel, random delays and dead times."""
+    rng = np.random.default_rng([seed, rule, oversampling])
+    cfg = TwinConfig(channels=C, oversampling=oversampling, delay_bins=list(rng.integers(0, 30, C)),
                      dead_time_bins=list(rng.integers(0, 12, C)))
     settings = HeraldSettings(rule=rule, detector_mask=0b11000, veto_mask=int(rng.choice([0, 2])),
                               offset_bins=int(rng.integers(150, 400)),
-                              length_bins=int(rng.integers(5, 30)), late_bins=40, pin_clocks=2)
-    n_clocks = 3000
-    period = 120  # bins between syncs, with jitter
-    syncs = np.arange(10, n_clocks * N - 800, period) + rng.integers(0, 8, size=1)
+                              length_bins=int(rng.integers(5, 30)), late_bins=40,
+                              pin_clocks=int(rng.integers(1, 4)))
+    period = 120  # bins between syncs
+    syncs = np.arange(10, n_clocks * oversampling - 800, period) + rng.integers(0, 8, size=1)
     keep = rng.random(len(syncs)) > 0.1  # some syncs missing
     pulses = [(int(t), 0) for t in syncs[keep]]
     length = settings.length_bins
@@ -267,7 +292,13 @@ def test_random_stimulus_against_the_twin(seed, rule):
                 ch = int(rng.choice([1, 3, 4, 4, 3]))
                 shift = cfg.delay_bins[0] - cfg.delay_bins[ch]  # aim in delayed time
                 pulses.append((int(t + shift + start + rng.integers(-4, length + 4)), ch))
-    samples = stimulus(cfg, pulses, n_clocks)
+    return cfg, settings, stimulus(cfg, pulses, n_clocks)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("rule", [RULE_SINGLE, RULE_TWO])
+def test_random_stimulus_against_the_twin(seed, rule):
+    cfg, settings, samples = random_case(seed, rule)
     records, pin, counts = run_rtl(cfg, settings, samples)
     twin = run_twin(cfg, settings, samples)
     assert records == twin_records(twin)
@@ -279,3 +310,80 @@ def test_random_stimulus_against_the_twin(seed, rule):
     # the pin rises exactly PIN_LATENCY clocks after the sample word holding the window's end
     rises = [c for c in pin if c - 1 not in pin]
     assert rises == [int(c) for c in twin.done_sample + PIN_LATENCY]
+
+
+# ---------------------------------------------------------------------------------------
+# The same path as Verilog on Verilator (cocotb): latency measured on every herald
+
+COCOTB_CONFIGS = {4: 200_000_000, 8: 125_000_000}  # N -> system clock (N = 4: the ULX3S)
+COCOTB_SEEDS = (11, 12)
+COCOTB_CLOCKS = 4000
+
+
+def _cocotb_helpers():
+    """test_cocotb.py's build-once helpers (tests run with --import-mode=importlib)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("test_cocotb.py")
+    spec = importlib.util.spec_from_file_location("qnode_test_cocotb", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("oversampling", list(COCOTB_CONFIGS))
+def test_herald_latency_on_verilator(oversampling, tmp_path):
+    import fcntl
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    from amaranth.back import verilog
+    from cocotb_tools.check_results import get_results
+    from cocotb_tools.runner import get_runner
+
+    helpers = _cocotb_helpers()
+    helpers._verilator_env()
+    text = verilog.convert(HeraldBench(C, oversampling), name="herald_bench")
+    key = hashlib.sha256(text.encode()).hexdigest()[:16]
+    build_dir = helpers.BUILD / f"herald_n{oversampling}_{key}"
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".lock", "w") as lock:  # built once, reused while the Verilog holds
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (build_dir / "herald_bench").exists():
+            source = build_dir / "herald_bench.v"
+            source.write_text(text)
+            get_runner("verilator").build(
+                sources=[source], hdl_toplevel="herald_bench", build_dir=build_dir,
+                build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style"], always=True,
+                log_file=build_dir / "build.log")
+    results = tmp_path / "heralds.jsonl"
+    here = Path(__file__).parent
+    xml = get_runner("verilator").test(
+        test_module="cocotb_herald", hdl_toplevel="herald_bench", hdl_toplevel_lang="verilog",
+        build_dir=build_dir, test_dir=here, results_xml=str(tmp_path / "results.xml"),
+        extra_env={
+            "QNODE_OVERSAMPLING": str(oversampling),
+            "QNODE_SYS_CLK_HZ": str(COCOTB_CONFIGS[oversampling]),
+            "QNODE_SEEDS": ",".join(map(str, COCOTB_SEEDS)), "QNODE_CLOCKS": str(COCOTB_CLOCKS),
+            "QNODE_RESULTS": str(results),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(here), os.environ.get("PYTHONPATH")])),
+        },
+        log_file=tmp_path / "sim.log")
+    total, failed = get_results(Path(xml))
+    assert failed == 0 and total == 1, f"cocotb failed; see {tmp_path / 'sim.log'}"
+    cases = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(cases) == 2 * len(COCOTB_SEEDS)
+    latencies = [lat for case in cases for lat in case["latencies"]]
+    clock_ns = 1e9 / COCOTB_CONFIGS[oversampling]
+    print(f"\nVerilator N={oversampling}: {len(latencies)} heralds, latency clocks "
+          f"{sorted(set(latencies))} = {PIN_LATENCY * clock_ns:g} ns")
+    for case in cases:
+        assert case["matches_twin"], case
+        assert case["heralds"] == case["pin_rises"] >= 3, case
+    # every herald, every rule: the same number of clocks, within the 100 ns target
+    assert set(latencies) == {PIN_LATENCY}
+    assert PIN_LATENCY * clock_ns <= 100
