@@ -143,3 +143,33 @@ def test_random_stream_against_the_twin_and_the_host(seed):
     events["time_ps"], events["channel"], events["kind"] = t, ch, 1
     host.add(events)
     assert list(host.counts) == list(coincidences(t, ch, masks, windows, folds).counts)
+
+
+def test_one_entry_per_clock_when_no_record_is_owed():
+    # the unit must not slow the merger's 1 event/clock: 40 entries, no coincidence, ready always
+    dut = CoincidenceUnit()
+    stream = [(10 * i, i % 3) for i in range(40)]
+    taken = []
+
+    async def bench(ctx):
+        ctx.set(dut.masks[0], 0b11)
+        ctx.set(dut.windows[0], 2)  # entries 10 bins apart never coincide
+        ctx.set(dut.min_folds[0], 2)
+        ctx.set(dut.marked.ready, 1)
+        i = 0
+        for clock in range(60):
+            if i < len(stream):
+                ctx.set(dut.merged.valid, 1)
+                ctx.set(dut.merged.payload, {"entry": {"time": stream[i][0]}, "channel": stream[i][1]})
+            else:
+                ctx.set(dut.merged.valid, 0)
+            if ctx.get(dut.merged.ready) and i < len(stream):
+                taken.append(clock)
+                i += 1
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert taken == list(range(40))
