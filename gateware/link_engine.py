@@ -440,3 +440,17 @@ class LinkEngine(wiring.Component):
                             m.d.sync += [self.event_frames_sent.eq(self.event_frames_sent + 1),
                                          self.words_sent.eq(self.words_sent + (f_len - 8)[3:])]
         return m
+
+
+def event_rate_table(bauds=(115_200, 1_000_000, 200_000_000 / 67, 3_000_000)) -> str:
+    """The table in docs/link.md (``python -m qnode.gateware.link_engine``)."""
+    lines = ["| baud | words/s, 1024-word frames | words/s, 64-word frames | words/s, 1-word frames |",
+             "|---|---|---|---|"]
+    for baud in bauds:
+        lines.append(f"| {baud:,.0f} | {event_rate_words_per_s(baud):,.0f} "
+                     f"| {event_rate_words_per_s(baud, 64):,.0f} | {event_rate_words_per_s(baud, 1):,.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(event_rate_table())

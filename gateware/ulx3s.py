@@ -8,10 +8,9 @@ of 1/800 MHz = 1250 ps. (The RTL also takes 8 bits per clock, which gives 1 ns a
 parts whose input SERDES runs at 1 Gb/s; ECP5 does not reach that.) X2 gearing exists only on the
 left and right banks, so the 8 inputs are the ULX3S GPIO header pins on the right edge.
 
-Until the link arrives (a later issue), registers are reached through a 3-wire shift port
-(``reg_sck``, ``reg_sdi``, ``reg_sdo`` on spare header pins) and the event words are folded into
-the LEDs, so synthesis keeps every path the real design has: this is for resource and timing
-figures, not for use in the lab.
+The host talks to it over the FTDI USB-UART (amaranth-boards' ``uart`` resource: rx M1, tx L4)
+through gateware/top.py's LinkedTimeTagger (core + link engine + UART, 3 Mbaud by default);
+LED 0 shows the link receiving, LED 1 sending, LED 7 the PLL lock.
 """
 
 from amaranth import Cat, ClockDomain, ClockSignal, Elaboratable, Module, ResetSignal, Signal
@@ -19,31 +18,28 @@ from amaranth.build import Attrs, Pins, Resource
 from amaranth.hdl import Instance
 from amaranth.lib import io
 
-from qnode.firmware.registers import ADDRESS_BITS, DATA_BITS
-
-from .core import TimeTaggerCore
+from .top import DEFAULT_BAUD, LinkedTimeTagger
 
 SYS_CLK_HZ = 200_000_000
 ECLK_HZ = 400_000_000
 OVERSAMPLING = 4
 INPUT_PINS = ("14+", "15+", "16+", "17+", "18+", "19+", "20+", "21+")  # right-edge banks
-REG_PINS = {"reg_sck": "0+", "reg_sdi": "1+", "reg_sdo": "2+", "words_ready": "3+"}
+BOARD = "ulx3s"
 
 
 def ulx3s_resources():
-    res = [Resource("tdc_in", i, Pins(pin, dir="i", conn=("gpio", 0)), Attrs(IO_TYPE="LVCMOS33"))
-           for i, pin in enumerate(INPUT_PINS)]
-    for name, pin in REG_PINS.items():
-        direction = "o" if name == "reg_sdo" else "i"
-        res.append(Resource(name, 0, Pins(pin, dir=direction, conn=("gpio", 0)), Attrs(IO_TYPE="LVCMOS33")))
-    return res
+    return [Resource("tdc_in", i, Pins(pin, dir="i", conn=("gpio", 0)), Attrs(IO_TYPE="LVCMOS33"))
+            for i, pin in enumerate(INPUT_PINS)]
 
 
 class ULX3STop(Elaboratable):
-    def __init__(self, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16):
-        self.core = TimeTaggerCore(channels=channels, oversampling=OVERSAMPLING,
-                                   sys_clk_hz=SYS_CLK_HZ, fifo_depth=fifo_depth,
-                                   output_depth=output_depth)
+    def __init__(self, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16,
+                 baud: int = DEFAULT_BAUD, gateware_hash: str = "0" * 16):
+        """``gateware_hash``: the manifest's content hash (gateware/manifest.py), 16 hex digits."""
+        self.linked = LinkedTimeTagger(board=BOARD, channels=channels, oversampling=OVERSAMPLING,
+                                       sys_clk_hz=SYS_CLK_HZ, baud=baud, gateware_hash=gateware_hash,
+                                       fifo_depth=fifo_depth, output_depth=output_depth)
+        self.core = self.linked.core
 
     def elaborate(self, platform):
         m = Module()
@@ -76,7 +72,8 @@ class ULX3STop(Elaboratable):
         # ("Derived frequency constraint of 200.0 MHz for net clk"); the edge clock is named.
         platform.add_clock_constraint(eclk, ECLK_HZ)
 
-        m.submodules.core = core = self.core
+        m.submodules.linked = linked = self.linked
+        core = linked.core
         for i in range(core.channels):
             pad = platform.request("tdc_in", i, dir="-")
             buf = io.Buffer("i", pad)
@@ -85,29 +82,10 @@ class ULX3STop(Elaboratable):
             m.submodules[f"iddr{i}"] = Instance(
                 "IDDRX2F", i_D=buf.i, i_ECLK=eclk, i_SCLK=sclk, i_RST=0, i_ALIGNWD=0,
                 o_Q0=q[0], o_Q1=q[1], o_Q2=q[2], o_Q3=q[3])  # Q0 is the earliest sample
-            m.d.comb += core.pins[i].eq(Cat(q))
+            m.d.comb += linked.pins[i].eq(Cat(q))
 
-        # Placeholder host port: shift in {w_en, addr, data}, shift out r_data.
-        pins = {name: platform.request(name, 0) for name in REG_PINS}
-        sck_q = Signal(3)
-        m.d.sync += sck_q.eq(Cat(pins["reg_sck"].i, sck_q[:2]))
-        rise = sck_q[1] & ~sck_q[2]
-        frame = Signal(1 + ADDRESS_BITS + DATA_BITS)
-        out = Signal(DATA_BITS)
-        bits = Signal(range(len(frame) + 1))
-        m.d.comb += [core.addr.eq(frame[DATA_BITS:DATA_BITS + ADDRESS_BITS]),
-                     core.w_data.eq(frame[:DATA_BITS]), pins["reg_sdo"].o.eq(out[-1])]
-        m.d.sync += core.w_en.eq(0)
-        with m.If(rise):
-            m.d.sync += [frame.eq(Cat(pins["reg_sdi"].i, frame[:-1])), out.eq(out << 1), bits.eq(bits + 1)]
-            with m.If(bits == len(frame) - 1):
-                m.d.sync += [core.w_en.eq(frame[-2]), bits.eq(0), out.eq(core.r_data)]
-
-        fold = Signal(8)
-        m.d.comb += core.words.ready.eq(pins["words_ready"].i)
-        with m.If(core.words.valid & core.words.ready):
-            m.d.sync += fold.eq(fold ^ Cat(core.words.payload[j::8].xor() for j in range(8)))
-        for j in range(8):
-            led = platform.request("led", j)
-            m.d.comb += led.o.eq(fold[j])
+        uart = platform.request("uart", 0)
+        m.d.comb += [linked.uart_rx.eq(uart.rx.i), uart.tx.o.eq(linked.uart_tx)]
+        for j, level in ((0, ~linked.uart_rx), (1, ~linked.uart_tx), (7, locked)):
+            m.d.comb += platform.request("led", j).o.eq(level)
         return m
