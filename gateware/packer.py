@@ -67,11 +67,14 @@ class Packer(wiring.Component):
         count = Signal(COUNT_BITS)
         gap = Signal(GAP_BITS)
 
-        has_second = (kind == REC_TAG) & (count != 0)
+        has_second = Signal()  # a tag with SAME_CLOCK losses: registered when the entry is taken
         time2 = Signal(TIME_BITS)  # time + gap, added when the entry is taken (off the hot path)
         rec_time = Signal(TIME_BITS)
         m.d.comb += rec_time.eq(Mux(second, time2, time))
         rec_epoch = rec_time[WORD_TIME_BITS:]
+        # rec_epoch != epoch_sent, kept as a register: set from parallel compares whenever the
+        # record in hand or epoch_sent changes, so no 24-bit compare sits on the control path
+        epoch_differs = Signal()
         drop_count = Signal(PENDING_BITS)
         m.d.comb += drop_count.eq(Mux((kind == REC_TAG) & ~second, 1, count))
 
@@ -93,23 +96,28 @@ class Packer(wiring.Component):
         with m.Elif(busy):
             with m.If(~out.w_rdy):
                 m.d.comb += [drop.eq(1), advance.eq(1)]
-            with m.Elif(rec_epoch != epoch_sent):
+            with m.Elif(epoch_differs):
                 m.d.comb += [out.w_en.eq(1), out.w_data.eq(epoch_word)]
-                m.d.sync += epoch_sent.eq(rec_epoch)
+                m.d.sync += [epoch_sent.eq(rec_epoch), epoch_differs.eq(0)]
             with m.Else():
                 m.d.comb += [out.w_en.eq(1), out.w_data.eq(rec_word), advance.eq(1)]
 
         finishing = advance & ~(~second & has_second)
         with m.If(advance):
             m.d.sync += second.eq(~second & has_second)
+            with m.If(~second & has_second):
+                m.d.sync += epoch_differs.eq(time2[WORD_TIME_BITS:] != epoch_sent)
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
 
         # Pending OUTPUT losses per channel.
         pending = Array(Signal(PENDING_BITS, name=f"pending_{i}") for i in range(self.channels))
         pending_time = Array(Signal(TIME_BITS, name=f"pending_time_{i}") for i in range(self.channels))
+        # per channel, registered with pending: != 0, more than one record's worth, and the
+        # next record's count min(pending, LOSS_COUNT_MAX)
         nonzero = Signal(self.channels)
-        m.d.comb += nonzero.eq(Cat(p != 0 for p in pending))
+        big = Signal(self.channels)
+        chunks = [Signal(COUNT_BITS, name=f"chunk_{i}") for i in range(self.channels)]
         any_pending = nonzero.any()
         lowest = Signal(self.channels)  # one-hot: the lowest channel with pending losses
         m.d.comb += lowest.eq(nonzero & ~(nonzero - 1))
@@ -117,11 +125,14 @@ class Packer(wiring.Component):
         for i in reversed(range(self.channels)):
             with m.If(nonzero[i]):
                 m.d.comb += flush_channel.eq(i)
-        # per channel, in parallel: more than one record's worth pending?
-        big = [p[COUNT_BITS:].any() for p in pending]
         chunk = Signal(PENDING_BITS)
-        m.d.comb += chunk.eq(Mux(Cat(big[i] & lowest[i] for i in range(self.channels)).any(),
-                                 LOSS_COUNT_MAX, pending[flush_channel]))
+        flush_time = Signal(TIME_BITS)
+        chunk_or = 0
+        time_or = 0
+        for i in range(self.channels):
+            chunk_or = chunk_or | (chunks[i] & lowest[i].replicate(COUNT_BITS))
+            time_or = time_or | (pending_time[i] & lowest[i].replicate(TIME_BITS))
+        m.d.comb += [chunk.eq(chunk_or), flush_time.eq(time_or)]
 
         take = header_sent & (~busy | finishing)
         flush = Signal()
@@ -132,8 +143,9 @@ class Packer(wiring.Component):
         with m.If(flush):
             m.d.sync += [
                 busy.eq(1), second.eq(0), kind.eq(REC_OUTPUT_LOSS), channel.eq(flush_channel),
-                time.eq(pending_time[flush_channel]), time2.eq(pending_time[flush_channel]),
-                count.eq(chunk), gap.eq(0),
+                time.eq(flush_time), time2.eq(flush_time),
+                count.eq(chunk), gap.eq(0), has_second.eq(0),
+                epoch_differs.eq(flush_time[WORD_TIME_BITS:] != epoch_sent),
             ]
         with m.Elif(self.merged.valid & self.merged.ready):
             entry = self.merged.payload.entry
@@ -141,6 +153,8 @@ class Packer(wiring.Component):
                 busy.eq(1), second.eq(0), kind.eq(Mux(entry.loss, REC_FIFO_LOSS, REC_TAG)),
                 channel.eq(self.merged.payload.channel), time.eq(entry.time),
                 time2.eq(entry.time + entry.gap), count.eq(entry.count), gap.eq(entry.gap),
+                has_second.eq(~entry.loss & (entry.count != 0)),
+                epoch_differs.eq(entry.time[WORD_TIME_BITS:] != epoch_sent),
             ]
 
         for i in range(self.channels):
@@ -149,12 +163,19 @@ class Packer(wiring.Component):
             flushed = flush & lowest[i]
             left = Mux(flushed, after_flush, pending[i])
             left_zero = Mux(flushed, ~big[i], ~nonzero[i])
+            new = Signal(PENDING_BITS, name=f"pending_next_{i}")
+            m.d.comb += new.eq(pending[i])
             with m.If(drop & (channel == i)):
-                m.d.sync += pending[i].eq(left + drop_count)
+                m.d.comb += new.eq(left + drop_count)
                 with m.If(left_zero):
                     m.d.sync += pending_time[i].eq(rec_time)
             with m.Elif(flushed):
-                m.d.sync += pending[i].eq(after_flush)
+                m.d.comb += new.eq(after_flush)
+            new_big = new[COUNT_BITS:].any()
+            m.d.sync += [
+                pending[i].eq(new), nonzero[i].eq(new != 0), big[i].eq(new_big),
+                chunks[i].eq(Mux(new_big, LOSS_COUNT_MAX, new[:COUNT_BITS])),
+            ]
         m.d.comb += [
             self.dropped.eq(Mux(drop, drop_count, 0)),
             self.dropped_channel.eq(channel),
