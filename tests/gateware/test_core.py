@@ -188,3 +188,17 @@ def test_isolated_tag_latency_is_fixed_at_eleven_clocks():
     assert [w & 0xFFFFFFFF for _, w in got] == list(k * 4 + fine)
     assert merge_levels(8) == 3
     assert [c for c, _ in got] == list(k + 11)
+
+
+@pytest.mark.parametrize("channels", [1, 3, 5])
+def test_merger_tree_with_padding_matches_twin(channels):
+    # channel counts that leave the merger tree's last subtrees empty (or a single channel)
+    cfg = TwinConfig(channels=channels, oversampling=4, sys_clk_hz=250_000_000, fifo_depth=4,
+                     output_depth=8, delay_bins=[7 * ch % 13 for ch in range(channels)])
+    rng = np.random.default_rng(channels)
+    samples = pulses(rng, cfg, 260, 40 * channels, width=1, tail=80)
+    ready = np.repeat(rng.random(26) < 0.6, 10)
+    ready[-80:] = True
+    words, twin, _ = run_both(cfg, samples, ready)
+    np.testing.assert_array_equal(words, twin.words)
+    assert conserved(words, cfg, twin.entries + int(twin.counters["ts_same_clock_lost"].sum()))

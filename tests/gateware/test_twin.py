@@ -52,3 +52,20 @@ def test_fast_path_equals_clock_by_clock_on_clustered_clicks(seed):
     clocks = int(t.max()) // 8 + 3000
     slow = Twin(cfg).run(edges=edges, n_clocks=clocks, ready=np.ones(clocks, bool))
     np.testing.assert_array_equal(fast.words, slow.words)
+
+
+@pytest.mark.parametrize("channels", [3, 5])
+def test_fast_path_equals_clock_by_clock_with_a_padded_merger_tree(channels):
+    cfg = TwinConfig(channels=channels, oversampling=4, sys_clk_hz=250_000_000, fifo_depth=8,
+                     delay_bins=[5 * ch for ch in range(channels)])
+    rng = np.random.default_rng(channels)
+    n = 4000
+    base = np.sort(rng.integers(0, n * 100, n))
+    size = rng.integers(1, 4, n)
+    t = np.repeat(base, size) + rng.integers(0, 12, size.sum())
+    ch = rng.integers(0, channels, size.sum())
+    edges = edges_from_pulses(t, ch, 1, cfg)
+    fast = Twin(cfg).run(edges=edges)
+    clocks = int(t.max()) // 4 + 3000
+    slow = Twin(cfg).run(edges=edges, n_clocks=clocks, ready=np.ones(clocks, bool))
+    np.testing.assert_array_equal(fast.words, slow.words)
