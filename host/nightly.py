@@ -71,7 +71,10 @@ class SimulatedBench:
         from qnode.drivers.registry import open_instrument
 
         name = self.config.calibration.bias_instrument
-        self._driver = open_instrument(name, self.rack.config_entry(name))
+        # A generous I/O timeout: the simulated controller's counts thread polls the SimClock,
+        # and on a busy machine its line can take a while to come.
+        entry = self.rack.config_entry(name).model_copy(update={"timeout_s": 10.0})
+        self._driver = open_instrument(name, entry)
         return EosCounts(self._driver, advance=self.clock.advance)
 
     def phase_lock(self, settings: dict, seconds: float, kicks: list) -> dict:

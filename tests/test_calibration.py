@@ -124,7 +124,8 @@ def snspd_lab(config):
     lab = LabModel(config, clock=clock)
     only_snspd = config.model_copy(update={"instruments": {"snspd": config.instruments["snspd"]}})
     with InstrumentRack(only_snspd, lab, any_free_port=True) as rack:
-        driver = open_instrument("snspd", rack.config_entry("snspd"))
+        # the counts thread polls the SimClock: give it time on a busy machine
+        driver = open_instrument("snspd", rack.config_entry("snspd").model_copy(update={"timeout_s": 10.0}))
         try:
             yield lab, clock, driver
         finally:
