@@ -22,8 +22,8 @@ Rules (``rule``):
   Outcome 3 when both are on the same detector (psi+), 4 when on different ones (psi-). The
   deciding click is the late one.
 * Veto, with either rule: any click on a ``veto_mask`` channel from S to the end of the attempt's
-  last window cancels the herald (``vetoes`` counts it).
-* ``RULE_OFF`` (0): attempts are counted, nothing is decided.
+  last window cancels the herald (``vetoed`` pulses; the core counts it).
+* ``RULE_OFF`` (0), or ``length_bins`` 0: attempts are counted, nothing is decided.
 
 A click is a tag, plus the first edge the timestamper lost in the same clock (its time is
 ``time + gap``), which therefore counts as a second click: two clicks in one clock fail the rule.
@@ -62,6 +62,7 @@ PIN_LATENCY = SEEN_LATENCY + 2  # k + 3 all clicks seen, k + 4 decision register
 OFFSET_BITS = 32
 LENGTH_BITS = 16
 PIN_CLOCKS_BITS = 16
+OFFSET_SPAN_BITS = OFFSET_BITS + 1  # late_bins + length_bins: a click's offset from S
 
 HeraldRecord = data.StructLayout({
     "channel": 6, "outcome": 4, "attempt": HERALD_ATTEMPT_BITS, "time": TIME_BITS,
@@ -148,8 +149,12 @@ class HeraldUnit(wiring.Component):
         attempt_no = Signal(HERALD_ATTEMPT_BITS)
         two = Signal()  # the rule when this window was taken
         single = Signal()
-        early_end = Signal(TIME_BITS)  # last bin of the early window
-        late_start = Signal(TIME_BITS)
+        # the windows as offsets from S: early [0, early_len), late [late_off, late_end),
+        # the attempt up to last_off = E - S
+        early_len = Signal(LENGTH_BITS)
+        late_off = Signal(OFFSET_BITS)
+        late_end = Signal(OFFSET_SPAN_BITS)
+        last_off = Signal(OFFSET_SPAN_BITS)
         last_bin = Signal(TIME_BITS)  # E: the attempt's last bin
 
         head = Signal(Attempt)
@@ -167,55 +172,68 @@ class HeraldUnit(wiring.Component):
         early_t, late_t = Signal(TIME_BITS), Signal(TIME_BITS)
         veto = Signal()
 
-        def window_clicks(lo_bin, hi_bin, mask):
-            """Clicks this clock inside [lo_bin, hi_bin] on ``mask``: (count 0..2, channel, time)
-            of the lowest channel's."""
+        # Each click's place relative to S, once per channel: d = t - S (and d + gap for a lost
+        # edge), near when 0 <= d < 2**OFFSET_SPAN_BITS; the windows are then narrow compares
+        # of d against the attempt's offsets instead of full-width compares of times.
+        places = []
+        for i in range(c):
+            tag = self.tags[i]
+            d = Signal(TIME_BITS + 1, name=f"d_{i}")
+            d2 = Signal(TIME_BITS + 1, name=f"d_lost_{i}")
+            t2 = Signal(TIME_BITS, name=f"lost_time_{i}")
+            m.d.comb += [d.eq(tag.payload.time - start), d2.eq(d + tag.payload.gap),
+                         t2.eq(tag.payload.time + tag.payload.gap)]
+            seen = tag.valid & ~tag.payload.loss
+            places.append((seen & (d[OFFSET_SPAN_BITS:] == 0), d[:OFFSET_SPAN_BITS],
+                           seen & (tag.payload.count != 0) & (d2[OFFSET_SPAN_BITS:] == 0),
+                           d2[:OFFSET_SPAN_BITS], tag.payload.time, t2))
+
+        def window_clicks(inside, mask):
+            """Clicks this clock for which ``inside(offset)`` holds, on ``mask``: (count 0..2,
+            channel and time of the lowest channel's)."""
             hits = []
-            times = []
-            for i in range(c):
-                tag = self.tags[i]
-                t = tag.payload.time
-                t2 = Signal(TIME_BITS, name=f"lost_time_{i}")
-                m.d.comb += t2.eq(t + tag.payload.gap)
-                ok = tag.valid & ~tag.payload.loss & mask[i]
-                a = ok & (t >= lo_bin) & (t <= hi_bin)
-                b = ok & (tag.payload.count != 0) & (t2 >= lo_bin) & (t2 <= hi_bin)
-                hits.append((a, b))
-                times.append((t, t2))
+            for i, (near, off, near2, off2, _, _) in enumerate(places):
+                hits.append((mask[i] & near & inside(off), mask[i] & near2 & inside(off2)))
             total = Signal(range(2 * c + 1))
             m.d.comb += total.eq(sum(a + b for a, b in hits))
             ch = Signal(6)
             tm = Signal(TIME_BITS)
             for i in reversed(range(c)):
                 a, b = hits[i]
+                t, t2 = places[i][4], places[i][5]
                 with m.If(a | b):
-                    m.d.comb += [ch.eq(i), tm.eq(Mux(a, times[i][0], times[i][1]))]
+                    m.d.comb += [ch.eq(i), tm.eq(Mux(a, t, t2))]
             count = Signal(2)
             m.d.comb += count.eq(Mux(total > 2, 2, total))
             return count, ch, tm
 
-        e_cnt, e_ch, e_t = window_clicks(start, early_end, self.detector_mask)
-        l_cnt, l_ch, l_t = window_clicks(late_start, last_bin, self.detector_mask)
-        v_cnt, _, _ = window_clicks(start, last_bin, self.veto_mask)
+        e_cnt, e_ch, e_t = window_clicks(lambda off: off < early_len, self.detector_mask)
+        l_cnt, l_ch, l_t = window_clicks(lambda off: (off >= late_off) & (off < late_end),
+                                         self.detector_mask)
+        v_cnt, _, _ = window_clicks(lambda off: off <= last_off, self.veto_mask)
 
         def accumulate(acc_n, acc_ch, acc_t, cnt, ch, t):
             with m.If(acc_n == 0):
                 m.d.sync += [acc_ch.eq(ch), acc_t.eq(t)]
             m.d.sync += acc_n.eq(Mux(acc_n + cnt > 2, 2, acc_n + cnt))
 
+        last_offset = Signal(OFFSET_SPAN_BITS)
+        m.d.comb += last_offset.eq(Mux(self.rule == RULE_TWO, self.late_bins, 0) + self.length_bins - 1)
         with m.If(take):
-            with m.If(head_late | (self.rule == RULE_OFF)):
+            off = (self.rule == RULE_OFF) | (self.length_bins == 0)
+            with m.If(head_late | off):
                 m.d.sync += active.eq(0)
-                m.d.comb += self.late.eq(head_late & (self.rule != RULE_OFF))
+                m.d.comb += self.late.eq(head_late & ~off)
             with m.Else():
                 s = head.start
                 m.d.sync += [
                     active.eq(1), start.eq(s), attempt_no.eq(head.number),
                     two.eq(self.rule == RULE_TWO), single.eq(self.rule == RULE_SINGLE),
-                    early_end.eq(s + self.length_bins - 1),
-                    late_start.eq(s + self.late_bins),
-                    last_bin.eq(Mux(self.rule == RULE_TWO, s + self.late_bins + self.length_bins - 1,
-                                    s + self.length_bins - 1)),
+                    early_len.eq(self.length_bins),
+                    late_off.eq(self.late_bins),
+                    late_end.eq(self.late_bins + self.length_bins),
+                    last_off.eq(last_offset),
+                    last_bin.eq(s + last_offset),
                     early_n.eq(0), late_n.eq(0), veto.eq(0),
                 ]
             m.d.sync += deciding.eq(0)

@@ -228,7 +228,8 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     late_start = start + s.late_bins
     last_bin = late_start + s.length_bins - 1 if two else early_end
 
-    take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, s.rule == RULE_OFF)
+    off = s.rule == RULE_OFF or s.length_bins == 0
+    take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, off)
     if n_clocks is not None:
         attempt_seen = push < n_clocks
         late &= take < n_clocks

@@ -237,6 +237,10 @@ def test_latency_counts_from_the_fastest_watched_channel():
 def test_rule_off_counts_attempts_only():
     records, _, counts = single([(40, 0), (143, 3)], settings=replace(SINGLE, rule=RULE_OFF))
     assert records == [] and counts["attempt"] == 1
+    # a zero-length window decides nothing either, and does not hold up the next attempt
+    records, _, counts = single([(40, 0), (143, 3), (240, 0), (343, 3)],
+                                settings=replace(SINGLE, length_bins=0), n_clocks=60)
+    assert records == [] and counts["attempt"] == 2 and counts["late"] == 0
 
 
 def test_49_attempts_in_flight_at_the_reference_offset():
