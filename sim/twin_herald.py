@@ -274,3 +274,22 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
         clock=decided[w] + 2, channel=ch[w], outcome=outcome[w],
         attempt=attempt[w] & ((1 << ATTEMPT_BITS) - 1), attempt_index=attempt[w], time=det_t[idx[w]] if len(w) else np.zeros(0, np.int64),
         done_sample=decided[w] - SEEN_LATENCY, counters=counters)
+
+
+def herald_event_fields(res: HeraldResult):
+    """(kind, channel, aux, time_bins) of the HERALD words for ``firmware.events.encode_events``:
+    aux = outcome << 18 | attempt mod 2**18, time = the deciding click."""
+    from qnode.firmware.events import Kind
+
+    aux = (res.outcome.astype(np.int64) << ATTEMPT_BITS) | res.attempt
+    return np.full(len(aux), int(Kind.HERALD)), res.channel, aux, res.time
+
+
+def coincidence_event_fields(res: CoincidenceResult, emit: int):
+    """(kind, channel, aux, time_bins) of the COINCIDENCE words of emitting patterns:
+    channel = pattern, aux = mask of the channels that clicked, time = the click that opened it."""
+    from qnode.firmware.events import Kind
+
+    keep = ((np.int64(emit) >> res.pattern) & 1).astype(bool)
+    return (np.full(int(keep.sum()), int(Kind.COINCIDENCE)), res.pattern[keep], res.mask[keep],
+            res.opened[keep])

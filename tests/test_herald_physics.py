@@ -122,3 +122,30 @@ def test_spdc_coincidences_are_true_plus_accidental(lab):
         print(f"\nwindow {window_bins} bins: {got} coincidences, expected {expected:.0f} "
               f"(true {true_rate * with_true * duration:.0f} + accidental {accidental * duration:.0f})")
         within(int(got), expected)
+
+
+def test_heralds_and_coincidences_decode_on_the_host(lab):
+    from qnode.firmware.events import Kind, decode_words, encode_events, header_word, split_aux
+    from qnode.sim.twin_herald import coincidence_event_fields, herald_event_fields
+
+    config, source, cfg, clicks, entries = lab
+    settings = HeraldSettings.from_lab(config.sim.heralding, cfg.bin_ps, offset_bins=49_012)
+    res = heralds(entries, settings, channels=cfg.channels, oversampling=cfg.oversampling,
+                  delay_bins=cfg.delay_bins)
+    t = clicks["time_ps"] // cfg.bin_ps
+    ch = clicks["channel"].astype(np.int64)
+    coinc = coincidences(t, ch, [0b110], [10], [2])
+    for fields, kind in ((herald_event_fields(res), Kind.HERALD),
+                         (coincidence_event_fields(coinc, emit=1), Kind.COINCIDENCE)):
+        words, _ = encode_events(*fields)
+        events, stats = decode_words(np.concatenate([[header_word(cfg.bin_ps, cfg.channels)], words]))
+        assert stats.invalid_words == 0 and len(events) == len(fields[0]) > 100
+        assert np.all(events["kind"] == kind)
+        np.testing.assert_array_equal(events["time_ps"], fields[3] * cfg.bin_ps)
+        np.testing.assert_array_equal(events["channel"], fields[1])
+        if kind == Kind.HERALD:
+            aux = split_aux(events)
+            np.testing.assert_array_equal(aux["herald_outcome"], res.outcome)
+            np.testing.assert_array_equal(aux["herald_attempt"], res.attempt_index % (1 << 18))
+        else:
+            np.testing.assert_array_equal(events["aux"], 0b110)
