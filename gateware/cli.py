@@ -33,6 +33,13 @@ def build(board, build_dir, channels, seed, baud, force, as_json):
                f"({'meets' if ok else 'FAILS'} timing)")
     click.echo(f"{report.channels} channels x {report.oversampling} samples/clock, bin {report.bin_ps} ps")
     click.echo(f"LUTs {report.luts}, FFs {report.ffs}, DP16KD {report.brams}")
+    from .link_engine import event_rate_words_per_s
+    from .uart import divisor_for
+
+    clk_hz = round(report.sys_clk_mhz * 1e6)
+    baud = clk_hz / divisor_for(clk_hz, report.baud)
+    click.echo(f"link UART {baud / 1e6:.3f} Mbaud: at most {event_rate_words_per_s(baud):,.0f} "
+               "event words/s (1024-word EVENTS frames)")
     state = "cached" if report.cached else f"built in {report.seconds:.0f} s"
     click.echo(f"gateware {report.gateware_hash}: {state}")
     click.echo(f"bitstream {report.bitstream}")

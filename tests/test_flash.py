@@ -145,3 +145,7 @@ def test_an_unchanged_design_is_not_rebuilt(tmp_path, monkeypatch):
     report = build.build_ulx3s(tmp_path, baud=3_000_000)
     assert report.cached and report.gateware_hash == ghash and report.fmax_mhz == 71.0
     assert (tmp_path / "manifest.json").exists()  # the last build, where flash looks
+    result = CliRunner().invoke(main, ["gateware", "build", "--board", "ulx3s", "--build-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert f"gateware {ghash}: cached" in result.output
+    assert "2.985 Mbaud: at most 37,232 event words/s" in result.output
