@@ -134,10 +134,17 @@ class Packer(wiring.Component):
             time_or = time_or | (pending_time[i] & lowest[i].replicate(TIME_BITS))
         m.d.comb += [chunk.eq(chunk_or), flush_time.eq(time_or)]
 
+        # out.level <= q - 4, kept as a register: the output FIFO's level counted alongside it
+        level = Signal(range(q + 1))
+        room4 = Signal(init=1)
+        level_next = Signal(range(q + 2))
+        m.d.comb += level_next.eq(level + (out.w_en & out.w_rdy) - (out.r_en & out.r_rdy))
+        m.d.sync += [level.eq(level_next), room4.eq(level_next <= q - 4)]
+
         take = header_sent & (~busy | finishing)
         flush = Signal()
         m.d.comb += [
-            flush.eq(take & any_pending & (out.level <= q - 4)),
+            flush.eq(take & any_pending & room4),
             self.merged.ready.eq(take & ~flush),
         ]
         with m.If(flush):
@@ -159,23 +166,37 @@ class Packer(wiring.Component):
 
         for i in range(self.channels):
             # what is left after a flush takes one record's worth: pending - min(pending, MAX)
-            after_flush = Mux(big[i], pending[i] - LOSS_COUNT_MAX, 0)
+            # every outcome computed in parallel, then chosen by this clock's drop and flush
+            after_flush = Signal(PENDING_BITS, name=f"after_flush_{i}")
+            m.d.comb += after_flush.eq(Mux(big[i], pending[i] - LOSS_COUNT_MAX, 0))
             flushed = flush & lowest[i]
-            left = Mux(flushed, after_flush, pending[i])
-            left_zero = Mux(flushed, ~big[i], ~nonzero[i])
-            new = Signal(PENDING_BITS, name=f"pending_next_{i}")
-            m.d.comb += new.eq(pending[i])
-            with m.If(drop & (channel == i)):
-                m.d.comb += new.eq(left + drop_count)
-                with m.If(left_zero):
-                    m.d.sync += pending_time[i].eq(rec_time)
+            dropped_here = drop & (channel == i)
+            add_kept = Signal(PENDING_BITS + 1, name=f"add_kept_{i}")  # no flush, a drop
+            add_flushed = Signal(PENDING_BITS + 1, name=f"add_flushed_{i}")  # both
+            m.d.comb += [add_kept.eq(pending[i] + drop_count),
+                         add_flushed.eq(after_flush + drop_count)]
+
+            def big_of(v):
+                return v[COUNT_BITS:PENDING_BITS].any()
+
+            def chunk_of(v):
+                return Mux(big_of(v), LOSS_COUNT_MAX, v[:COUNT_BITS])
+
+            with m.If(dropped_here):
+                with m.If(flushed):
+                    m.d.sync += [pending[i].eq(add_flushed), big[i].eq(big_of(add_flushed)),
+                                 chunks[i].eq(chunk_of(add_flushed))]
+                    with m.If(~big[i]):
+                        m.d.sync += pending_time[i].eq(rec_time)
+                with m.Else():
+                    m.d.sync += [pending[i].eq(add_kept), big[i].eq(big_of(add_kept)),
+                                 chunks[i].eq(chunk_of(add_kept))]
+                    with m.If(~nonzero[i]):
+                        m.d.sync += pending_time[i].eq(rec_time)
+                m.d.sync += nonzero[i].eq(1)  # a drop counts at least one event
             with m.Elif(flushed):
-                m.d.comb += new.eq(after_flush)
-            new_big = new[COUNT_BITS:].any()
-            m.d.sync += [
-                pending[i].eq(new), nonzero[i].eq(new != 0), big[i].eq(new_big),
-                chunks[i].eq(Mux(new_big, LOSS_COUNT_MAX, new[:COUNT_BITS])),
-            ]
+                m.d.sync += [pending[i].eq(after_flush), nonzero[i].eq(big[i]),
+                             big[i].eq(big_of(after_flush)), chunks[i].eq(chunk_of(after_flush))]
         m.d.comb += [
             self.dropped.eq(Mux(drop, drop_count, 0)),
             self.dropped_channel.eq(channel),

@@ -56,30 +56,57 @@ class Timestamper(wiring.Component):
         edges = Signal(n)
         m.d.comb += edges.eq(Mux(self.enable, level & ~before, 0))
 
-        # Bins of dead time left, counted from the start of the current word.
+        # Bins of dead time left, counted from the start of the current word, and two registered
+        # views of it that the loop word -> tag -> dead time reads: below N? its low bits.
+        dt = self.dead_time_bins
         dead_left = Signal(DEAD_TIME_BITS + 1)
+        dl_near = Signal(init=1)  # dead_left < N: some bin of this word may be past it
+        dl_low = Signal(shift)  # dead_left's low bits (all of it when near)
         allowed = Signal(n)
-        m.d.comb += allowed.eq(Cat(edges[b] & (dead_left <= b) for b in range(n)))
+        m.d.comb += allowed.eq(Cat(edges[b] & dl_near & (dl_low <= b) for b in range(n)))
 
+        first = Signal(n)  # one-hot: the earliest allowed edge
+        m.d.comb += first.eq(allowed & ~(allowed - 1))
         fine = Signal(range(n))
-        for b in reversed(range(n)):  # the last assignment wins: the lowest set bit
-            with m.If(allowed[b]):
+        for b in range(n):
+            with m.If(first[b]):
                 m.d.comb += fine.eq(b)
         hit = allowed.any()
 
-        until = Signal(DEAD_TIME_BITS + 1)  # dead time ends here, in bins from the word start
-        m.d.comb += until.eq(fine + self.dead_time_bins)
+        # dead time ends at fine + dt (bins from the word start): a later edge in this word past
+        # it is a SAME_CLOCK loss. Only a dead time below N can end inside the word.
+        dt_small = Signal()
+        m.d.comb += dt_small.eq(dt < n)
+        until_small = Signal(shift + 1)
+        m.d.comb += until_small.eq(fine + dt[:shift])
         lost = Signal(n)
-        m.d.comb += lost.eq(Cat(allowed[b] & (b > fine) & (until <= b) for b in range(n)))
+        m.d.comb += lost.eq(Cat(allowed[b] & (b > fine) & dt_small & (until_small <= b)
+                                for b in range(n)))
         first_lost = Signal(range(n))
         for b in reversed(range(n)):
             with m.If(lost[b]):
                 m.d.comb += first_lost.eq(b)
 
+        # what dead_left becomes after a tag at bin f, for every f in parallel (from the setting
+        # only), then chosen by the one-hot ``first``
+        left_after = 0
+        near_after = 0
+        for f in range(n):
+            until_f = Signal(DEAD_TIME_BITS + 2, name=f"until_{f}")
+            left_f = Signal(DEAD_TIME_BITS + 1, name=f"left_after_{f}")
+            m.d.comb += [until_f.eq(dt + f), left_f.eq(Mux(until_f > n, until_f - n, 0))]
+            left_after = left_after | (left_f & first[f].replicate(DEAD_TIME_BITS + 1))
+            near_after = near_after | (first[f] & (until_f < 2 * n))
+        left_tag = Signal(DEAD_TIME_BITS + 1)
+        m.d.comb += left_tag.eq(left_after)
+        left_idle = Signal(DEAD_TIME_BITS + 1)
+        m.d.comb += left_idle.eq(Mux(dead_left > n, dead_left - n, 0))
         with m.If(hit):
-            m.d.sync += dead_left.eq(Mux(until > n, until - n, 0))
+            m.d.sync += [dead_left.eq(left_tag), dl_near.eq(near_after),
+                         dl_low.eq(left_tag[:shift])]
         with m.Else():
-            m.d.sync += dead_left.eq(Mux(dead_left > n, dead_left - n, 0))
+            m.d.sync += [dead_left.eq(left_idle), dl_near.eq(dead_left < 2 * n),
+                         dl_low.eq(left_idle[:shift])]
 
         a_hit = Signal()
         a_fine = Signal(range(n))
