@@ -30,11 +30,12 @@ A click is a tag, plus the first edge the timestamper lost in the same clock (it
 
 Decision and latency. Let E be the attempt's last window bin and ``d_min`` the smallest
 ``delay_bins`` of the detector and veto channels. Word k of the fastest of them holds bin E when
-``k = (E - d_min) // N``; all clicks up to E have been seen at clock k + 3 (``done``), the
-decision is registered at k + 4 and the pin rises at **k + 5**, whatever the outcome or when
-the deciding click came: ``PIN_LATENCY = 5`` clocks from the sample word that completes the
-condition (the one holding the window's last bin) to the pin. ``record`` carries the HERALD
-fields in the same clock as the pin's rising edge (``record.valid`` for one clock).
+``k = (E - d_min) // N``; all clicks up to E have been shown at clock k + 3, their offsets from
+S are registered and accumulated at k + 4 (a pipeline stage, so no wide adder feeds a compare in
+the same clock), the decision is registered at k + 5 and the pin rises at **k + 6**, whatever the
+outcome or when the deciding click came: ``PIN_LATENCY = 6`` clocks from the sample word that
+completes the condition (the one holding the window's last bin) to the pin. ``record`` carries
+the HERALD fields in the same clock as the pin's rising edge (``record.valid`` for one clock).
 
 One attempt is evaluated at a time. The next window is taken from the queue the clock after a
 decision (or at once when idle); if a click at S could already have been seen then (``S`` at or
@@ -58,7 +59,7 @@ OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1
 OUTCOMES = 4
 ATTEMPT_QUEUE = 64  # windows in flight: >= the 49 of the reference lab
 SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
-PIN_LATENCY = SEEN_LATENCY + 2  # k + 3 all clicks seen, k + 4 decision registered, k + 5 pin
+PIN_LATENCY = SEEN_LATENCY + 3  # k + 3 all clicks shown, k + 4 accumulated, k + 5 decision, k + 6 pin
 OFFSET_BITS = 32
 LENGTH_BITS = 16
 PIN_CLOCKS_BITS = 16
@@ -121,11 +122,16 @@ class HeraldUnit(wiring.Component):
 
         # Highest time each watched channel has surely delivered by this clock (stage B holds
         # word now - 3): the fastest channel's bound decides, the slowest guards the next window.
-        word_end = Signal(TIME_BITS)
-        m.d.comb += word_end.eq(Cat(Const(n - 1, shift), self.now - SEEN_LATENCY))
-        seen_min = Signal(TIME_BITS)
+        # Both are registers, computed a clock ahead so no adder sits before their compares:
+        # seen_max: every click a watched channel can show up to this clock is at or below it;
+        # seen_min_before: all clicks up to it, on every watched channel, were shown up to the
+        # previous clock (those are the ones the accumulators hold now, see the pipeline below).
+        seen_min_before = Signal(TIME_BITS)
         seen_max = Signal(TIME_BITS)
-        m.d.comb += [seen_min.eq(word_end + d_min), seen_max.eq(word_end + d_max)]
+        m.d.sync += [
+            seen_min_before.eq(Cat(Const(n - 1, shift), self.now - SEEN_LATENCY) + d_min),
+            seen_max.eq(Cat(Const(n - 1, shift), self.now + 1 - SEEN_LATENCY) + d_max),
+        ]
 
         # --- attempts: sync tags -> queue of windows ---------------------------------------
         m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=Attempt.size, depth=ATTEMPT_QUEUE)
@@ -175,18 +181,28 @@ class HeraldUnit(wiring.Component):
         # Each click's place relative to S, once per channel: d = t - S (and d + gap for a lost
         # edge), near when 0 <= d < 2**OFFSET_SPAN_BITS; the windows are then narrow compares
         # of d against the attempt's offsets instead of full-width compares of times.
+        # Pipelined: the offsets are registered (stage P), the windows' compares and the
+        # accumulators use them a clock later. ``placed`` says they were taken against the
+        # window that is still current (not in the clock a new window was taken).
         places = []
         for i in range(c):
             tag = self.tags[i]
             d = Signal(TIME_BITS + 1, name=f"d_{i}")
             d2 = Signal(TIME_BITS + 1, name=f"d_lost_{i}")
             t2 = Signal(TIME_BITS, name=f"lost_time_{i}")
-            m.d.comb += [d.eq(tag.payload.time - start), d2.eq(d + tag.payload.gap),
-                         t2.eq(tag.payload.time + tag.payload.gap)]
+            m.d.comb += [d.eq(tag.payload.time - start), t2.eq(tag.payload.time + tag.payload.gap),
+                         d2.eq(t2 - start)]
             seen = tag.valid & ~tag.payload.loss
-            places.append((seen & (d[OFFSET_SPAN_BITS:] == 0), d[:OFFSET_SPAN_BITS],
-                           seen & (tag.payload.count != 0) & (d2[OFFSET_SPAN_BITS:] == 0),
-                           d2[:OFFSET_SPAN_BITS], tag.payload.time, t2))
+            regs = (Signal(name=f"near_{i}"), Signal(OFFSET_SPAN_BITS, name=f"off_{i}"),
+                    Signal(name=f"near_lost_{i}"), Signal(OFFSET_SPAN_BITS, name=f"off_lost_{i}"),
+                    Signal(TIME_BITS, name=f"time_{i}"), Signal(TIME_BITS, name=f"time_lost_{i}"))
+            m.d.sync += [
+                regs[0].eq(seen & (d[OFFSET_SPAN_BITS:] == 0)), regs[1].eq(d[:OFFSET_SPAN_BITS]),
+                regs[2].eq(seen & (tag.payload.count != 0) & (d2[OFFSET_SPAN_BITS:] == 0)),
+                regs[3].eq(d2[:OFFSET_SPAN_BITS]), regs[4].eq(tag.payload.time), regs[5].eq(t2),
+            ]
+            places.append(regs)
+        placed = Signal()
 
         def window_clicks(inside, mask):
             """Clicks this clock for which ``inside(offset)`` holds, on ``mask``: (count 0..2,
@@ -240,13 +256,16 @@ class HeraldUnit(wiring.Component):
         with m.Elif(deciding):
             m.d.sync += [active.eq(0), deciding.eq(0)]
         with m.Elif(active):
-            accumulate(early_n, early_ch, early_t, e_cnt, e_ch, e_t)
-            with m.If(two):
-                accumulate(late_n, late_ch, late_t, l_cnt, l_ch, l_t)
-            with m.If(v_cnt != 0):
-                m.d.sync += veto.eq(1)
-            with m.If(seen_min >= last_bin):  # every click up to E has been seen: done
+            with m.If(placed):
+                accumulate(early_n, early_ch, early_t, e_cnt, e_ch, e_t)
+                with m.If(two):
+                    accumulate(late_n, late_ch, late_t, l_cnt, l_ch, l_t)
+                with m.If(v_cnt != 0):
+                    m.d.sync += veto.eq(1)
+            # every click up to E was shown by the previous clock and is accumulated now: done
+            with m.If(seen_min_before >= last_bin):
                 m.d.sync += deciding.eq(1)
+        m.d.sync += placed.eq(~take)
 
         # --- decision (the clock after done), registered to the pin and the record ------------
         outcome = Signal(4)

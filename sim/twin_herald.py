@@ -22,7 +22,7 @@ from qnode.gateware.params import WRITE_LATENCY
 RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
 OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
 SEEN_LATENCY = WRITE_LATENCY
-PIN_LATENCY = SEEN_LATENCY + 2
+PIN_LATENCY = SEEN_LATENCY + 3
 QUEUE_LATENCY = 2  # SyncFIFOBuffered: written at P, at its head at P + 2
 ATTEMPT_BITS = 18
 DELAY_MAX = (1 << 16) - 1
@@ -175,9 +175,9 @@ def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off):
             late[i] = True
             free = q + 1
             continue
-        x = (last_bin[i] - d_min) // n + SEEN_LATENCY  # every click up to E seen
-        decided[i] = x
-        free = x + 1  # the deciding clock takes the next attempt
+        x = (last_bin[i] - d_min) // n + SEEN_LATENCY  # every click up to E shown
+        decided[i] = x + 2  # accumulated at x + 1, the decision registered at x + 2
+        free = x + 2  # the deciding clock takes the next attempt
     return take, late, decided
 
 
@@ -233,7 +233,7 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     if n_clocks is not None:
         attempt_seen = push < n_clocks
         late &= take < n_clocks
-        decided = np.where(decided + 1 < n_clocks, decided, -1)  # decision registered at x + 1
+        decided = np.where(decided + 1 < n_clocks, decided, -1)  # results show at decided + 1
     else:
         attempt_seen = np.ones(len(push), bool)
     ev = decided >= 0
@@ -271,9 +271,9 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
         "herald_success_count": [int((outcome == k).sum()) for k in range(1, 5)],
     }
     return HeraldResult(
-        clock=decided[w] + 2, channel=ch[w], outcome=outcome[w],
+        clock=decided[w] + 1, channel=ch[w], outcome=outcome[w],
         attempt=attempt[w] & ((1 << ATTEMPT_BITS) - 1), attempt_index=attempt[w], time=det_t[idx[w]] if len(w) else np.zeros(0, np.int64),
-        done_sample=decided[w] - SEEN_LATENCY, counters=counters)
+        done_sample=decided[w] + 1 - PIN_LATENCY, counters=counters)
 
 
 def herald_event_fields(res: HeraldResult):

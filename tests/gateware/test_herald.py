@@ -146,9 +146,9 @@ def test_single_click_psi_plus_and_psi_minus_with_the_fixed_latency():
         records, pin, counts = single([(40, 0), (143 + ch - 3 + 4 * (ch - 3), ch)])
         (clock, channel, got, attempt, time), = records
         assert (channel, got, attempt) == (ch, outcome, 0)
-        # the sample word holding the window's last bin (149) is word 18: pin at 18 + 5
-        assert clock == 149 // N + PIN_LATENCY == 23
-        assert pin == [23]
+        # the sample word holding the window's last bin (149) is word 18: pin at 18 + 6
+        assert clock == 149 // N + PIN_LATENCY == 24
+        assert pin == [24]
         assert counts["success"][outcome - 1] == 1 and counts["attempt"] == 1
 
 
@@ -222,7 +222,7 @@ def test_two_click_rule_same_and_different_detectors():
 
 def test_pin_stays_high_for_pin_clocks():
     _, pin, _ = single([(40, 0), (143, 3)], settings=replace(SINGLE, pin_clocks=4))
-    assert pin == [23, 24, 25, 26]
+    assert pin == [24, 25, 26, 27]
 
 
 def test_latency_counts_from_the_fastest_watched_channel():
