@@ -106,19 +106,30 @@ class HeraldUnit(wiring.Component):
         # --- settings derived once a clock (they change only while the unit is idle) -------
         watched = Signal(16)
         m.d.comb += watched.eq(self.detector_mask | self.veto_mask)
-        d_min = Signal(DELAY_BITS)
-        d_max = Signal(DELAY_BITS)
-        lo = Const((1 << DELAY_BITS) - 1, DELAY_BITS)
-        hi = Const(0, DELAY_BITS)
-        for i in range(c):
-            d = self.delays[i]
-            lo = Mux(watched[i] & (d < lo), d, lo)
-            hi = Mux(watched[i] & (d > hi), d, hi)
-        m.d.sync += [d_min.eq(lo), d_max.eq(hi)]
+        # Smallest and largest delay of the watched channels: a tree with a register per level
+        # (settings are static while attempts run, so the clocks it takes do not matter).
+        lows = [Mux(watched[i], self.delays[i], (1 << DELAY_BITS) - 1) for i in range(c)]
+        highs = [Mux(watched[i], self.delays[i], 0) for i in range(c)]
+        level = 0
+        while len(lows) > 1 or level == 0:
+            next_lows, next_highs = [], []
+            for j in range(0, len(lows), 2):
+                a_lo, b_lo = lows[j], lows[j + 1] if j + 1 < len(lows) else lows[j]
+                a_hi, b_hi = highs[j], highs[j + 1] if j + 1 < len(highs) else highs[j]
+                lo_r = Signal(DELAY_BITS, name=f"d_lo_{level}_{j}")
+                hi_r = Signal(DELAY_BITS, name=f"d_hi_{level}_{j}")
+                m.d.sync += [lo_r.eq(Mux(a_lo < b_lo, a_lo, b_lo)),
+                             hi_r.eq(Mux(a_hi > b_hi, a_hi, b_hi))]
+                next_lows.append(lo_r)
+                next_highs.append(hi_r)
+            lows, highs, level = next_lows, next_highs, level + 1
+        d_min, d_max = lows[0], highs[0]
         lowest_detector = Signal(range(16))
+        lowest_next = Signal(range(16))
         for i in reversed(range(16)):
             with m.If(self.detector_mask[i]):
-                m.d.comb += lowest_detector.eq(i)
+                m.d.comb += lowest_next.eq(i)
+        m.d.sync += lowest_detector.eq(lowest_next)
 
         # Highest time each watched channel has surely delivered by this clock (stage B holds
         # word now - 3): the fastest channel's bound decides, the slowest guards the next window.
@@ -136,11 +147,13 @@ class HeraldUnit(wiring.Component):
         # --- attempts: sync tags -> queue of windows ---------------------------------------
         m.submodules.queue = queue = fifo.SyncFIFOBuffered(width=Attempt.size, depth=ATTEMPT_QUEUE)
         number = Signal(HERALD_ATTEMPT_BITS)
-        sync_tag = self.tags[0].valid & (self.sync_channel == 0)
-        sync_time = self.tags[0].payload.time
-        for i in range(1, c):
-            sync_tag = Mux(self.sync_channel == i, self.tags[i].valid, sync_tag)
-            sync_time = Mux(self.sync_channel == i, self.tags[i].payload.time, sync_time)
+        # the sync channel's tag, registered (one clock) before its window start is computed
+        sync_tag = Signal()
+        sync_time = Signal(TIME_BITS)
+        m.d.sync += [sync_tag.eq(0), sync_time.eq(0)]
+        for i in range(c):
+            with m.If(self.sync_channel == i):
+                m.d.sync += [sync_tag.eq(self.tags[i].valid), sync_time.eq(self.tags[i].payload.time)]
         pushed = Signal(Attempt)
         m.d.comb += [pushed.start.eq(sync_time + self.offset_bins), pushed.number.eq(number)]
         with m.If(sync_tag):

@@ -23,7 +23,7 @@ RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
 OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
 SEEN_LATENCY = WRITE_LATENCY
 PIN_LATENCY = SEEN_LATENCY + 3
-QUEUE_LATENCY = 2  # SyncFIFOBuffered: written at P, at its head at P + 2
+QUEUE_LATENCY = 3  # the sync tag registered, written at P + 1, at the queue's head at P + 3
 ATTEMPT_BITS = 18
 DELAY_MAX = (1 << 16) - 1
 
@@ -231,7 +231,7 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     off = s.rule == RULE_OFF or s.length_bins == 0
     take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, off)
     if n_clocks is not None:
-        attempt_seen = push < n_clocks
+        attempt_seen = push + 1 < n_clocks  # the registered sync tag pulses ``attempt``
         late &= take < n_clocks
         decided = np.where(decided + 1 < n_clocks, decided, -1)  # results show at decided + 1
     else:
