@@ -129,15 +129,16 @@ class ECP5Capture(wiring.Component):
         phase = Signal()
         m.d.capture += phase.eq(~phase)
         with m.If(~phase):
-            m.d.capture += held.eq(now4)
+            m.d.capture += held.eq(now4)  # (phase is state[1::2].any(), kept as its own bit)
         ring = [Signal(8 * c, name=f"ring_{k}") for k in range(4)]
-        wp = Signal(2)
-        with m.If(phase):
-            m.d.capture += wp.eq(wp + 1)
-            word = Cat(Cat(held[4 * i:4 * i + 4], now4[4 * i:4 * i + 4]) for i in range(c))
-            for k in range(4):
-                with m.If(wp == k):
-                    m.d.capture += ring[k].eq(word)
+        # one-hot write strobe, a register per slot: slot k is written when phase is 1 and the
+        # write pointer is k (the 8-state ring below is (pointer, phase))
+        state = Signal(8, init=1)
+        m.d.capture += state.eq(Cat(state[7], state[:7]))
+        word = Cat(Cat(held[4 * i:4 * i + 4], now4[4 * i:4 * i + 4]) for i in range(c))
+        for k in range(4):
+            with m.If(state[2 * k + 1]):
+                m.d.capture += ring[k].eq(word)
         # 100 MHz: read two slots behind the writer (slot 2 first: zeros until the ring runs)
         rp = Signal(2, init=2)
         m.d.sync += rp.eq(rp + 1)

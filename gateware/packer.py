@@ -77,6 +77,13 @@ class Packer(wiring.Component):
         epoch_differs = Signal()
         drop_count = Signal(PENDING_BITS)
         m.d.comb += drop_count.eq(Mux((kind == REC_TAG) & ~second, 1, count))
+        # drop_count - LOSS_COUNT_MAX from registers (count_less is set with count), so a flush
+        # and a drop in one clock cost one adder, not two in a row
+        count_less = Signal(PENDING_BITS + 1)
+        drop_less = Signal(PENDING_BITS + 1)
+        m.d.comb += drop_less.eq(Mux((kind == REC_TAG) & ~second,
+                                     (1 - LOSS_COUNT_MAX) & ((1 << (PENDING_BITS + 1)) - 1),
+                                     count_less))
 
         tag_word = event_word(Kind.TAG, channel, Const(0, AUX_BITS), rec_time)
         loss_reason = Signal(4)
@@ -151,7 +158,8 @@ class Packer(wiring.Component):
             m.d.sync += [
                 busy.eq(1), second.eq(0), kind.eq(REC_OUTPUT_LOSS), channel.eq(flush_channel),
                 time.eq(flush_time), time2.eq(flush_time),
-                count.eq(chunk), gap.eq(0), has_second.eq(0),
+                count.eq(chunk), count_less.eq(chunk - LOSS_COUNT_MAX), gap.eq(0),
+                has_second.eq(0),
                 epoch_differs.eq(flush_time[WORD_TIME_BITS:] != epoch_sent),
             ]
         with m.Elif(self.merged.valid & self.merged.ready):
@@ -160,6 +168,7 @@ class Packer(wiring.Component):
                 busy.eq(1), second.eq(0), kind.eq(Mux(entry.loss, REC_FIFO_LOSS, REC_TAG)),
                 channel.eq(self.merged.payload.channel), time.eq(entry.time),
                 time2.eq(entry.time + entry.gap), count.eq(entry.count), gap.eq(entry.gap),
+                count_less.eq(entry.count - LOSS_COUNT_MAX),
                 has_second.eq(~entry.loss & (entry.count != 0)),
                 epoch_differs.eq(entry.time[WORD_TIME_BITS:] != epoch_sent),
             ]
@@ -174,7 +183,7 @@ class Packer(wiring.Component):
             add_kept = Signal(PENDING_BITS + 1, name=f"add_kept_{i}")  # no flush, a drop
             add_flushed = Signal(PENDING_BITS + 1, name=f"add_flushed_{i}")  # both
             m.d.comb += [add_kept.eq(pending[i] + drop_count),
-                         add_flushed.eq(after_flush + drop_count)]
+                         add_flushed.eq(Mux(big[i], pending[i] + drop_less, drop_count))]
 
             def big_of(v):
                 return v[COUNT_BITS:PENDING_BITS].any()
