@@ -17,6 +17,8 @@ import numpy as np
 
 from qnode.gateware.build import build_ulx3s, parse_nextpnr_log
 from qnode.gateware import ulx3s
+from qnode.gateware.capture import ECP5_OVERSAMPLING, ECP5_SYS_CLK_HZ
+from qnode.gateware.params import merge_levels
 from qnode.sim.twin import Twin, TwinConfig, edges_from_pulses
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -112,6 +114,11 @@ def main():
     report["timing_met"] = bool(report["fmax_mhz"] and report["fmax_mhz"] >= report["sys_clk_mhz"])
     report["n8_config"] = {"sys_clk_mhz": 125.0, "oversampling": 8, "bin_ps": 1000,
                            "note": "RTL and cocotb only: needs a 1 Gb/s input SERDES, ECP5 tops out at 800 Mb/s"}
+    report["ecp5_geared_config"] = {
+        "sys_clk_mhz": ECP5_SYS_CLK_HZ / 1e6, "oversampling": ECP5_OVERSAMPLING, "bin_ps": 1250,
+        "note": "gateware/capture.py ECP5Capture: IDDRX2F at 800 Mb/s, 2:1 gearbox into a 100 MHz core"}
+    report["merger_levels"] = merge_levels(report["channels"])
+    report["isolated_tag_latency_clocks"] = 8 + merge_levels(report["channels"])
     report["merger_events_per_clock"] = merger_events_per_clock()
 
     cfg = TwinConfig()
