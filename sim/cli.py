@@ -15,8 +15,12 @@ def sim():
 @click.option("--speed", type=float, default=1.0, show_default=True,
               help="simulated seconds per wall-clock second")
 @click.option("--any-port", is_flag=True, help="let the OS pick free TCP ports instead of the configured ones")
-def lab(config_file, seconds, speed, any_port):
-    """Serve every instrument the config marks sim = true until Ctrl-C."""
+@click.option("--fpga-port", type=int, default=None,
+              help="TCP port of the simulated FPGA (default: the port of a socket://127.0.0.1:P link, else any free port)")
+@click.option("--no-fpga", is_flag=True, help="serve the instruments only, not the simulated FPGA")
+def lab(config_file, seconds, speed, any_port, fpga_port, no_fpga):
+    """Serve every instrument the config marks sim = true, and the simulated FPGA of a
+    board = "sim" config, on one lab model until Ctrl-C."""
     import signal
     import sys
     import threading
@@ -40,16 +44,30 @@ def lab(config_file, seconds, speed, any_port):
     except (OSError, ValueError) as exc:
         click.echo(f"cannot start the simulated instruments: {exc}", err=True)
         sys.exit(1)
+    fpga = None
+    if config.fpga.board == "sim" and not no_fpga:
+        try:
+            fpga = _start_fpga(config, model, _fpga_port(config, any_port, fpga_port), speed)
+        except (OSError, ValueError) as exc:
+            rack.stop()
+            click.echo(f"cannot start the simulated FPGA: {exc}", err=True)
+            sys.exit(1)
     table = Table(title=f"simulated lab: {config.node.name}")
     for column in ("name", "driver", "transport", "address"):
         table.add_column(column)
     for slot in rack.slots.values():
         address = slot.address + (f" (counts {slot.counts.address})" if slot.counts is not None else "")
         table.add_row(slot.name, slot.driver, slot.transport, address)
+    if fpga is not None:
+        table.add_row("fpga", "timetagger", "tcp", fpga.url)
     console = Console(width=120)
     console.print(table)
-    if not rack.slots:
-        console.print("no instrument in this config has sim = true")
+    if fpga is not None:
+        ident = fpga.server.device.identity
+        console.print(f"fpga: protocol {ident.protocol_version}, gateware {ident.gateware_hash}, "
+                      f"{ident.channels} channels, {ident.bin_ps} ps bins; link = \"{fpga.url}\"")
+    if not rack.slots and fpga is None:
+        console.print("no instrument in this config has sim = true, and its FPGA is not simulated")
     # Ctrl-C (and SIGTERM from a service manager) ask for a clean stop at any moment, even
     # before the loop below starts; the servers always close.
     stop = threading.Event()
@@ -62,10 +80,30 @@ def lab(config_file, seconds, speed, any_port):
         sys.stdout.flush()
         stop.wait(seconds)
     finally:
+        if fpga is not None:
+            fpga.stop()
         rack.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     console.print("stopped")
+
+
+def _fpga_port(config, any_port: bool, fpga_port: int | None) -> int:
+    """Where `qnode sim lab` serves the simulated FPGA: --fpga-port, else the port of a
+    socket://127.0.0.1:P link (so a daemon with that config finds it), else any free port."""
+    import re
+
+    if fpga_port is not None:
+        return fpga_port
+    match = re.fullmatch(r"socket://(?:127\.0\.0\.1|localhost):(\d+)", config.fpga.link)
+    return int(match.group(1)) if match and not any_port else 0
+
+
+def _start_fpga(config, model, port: int, speed: float):
+    """The simulated FPGA on 127.0.0.1:port, its detectors driven by the rack's lab model."""
+    from .fpga import FpgaServerThread, SimulatedFpga
+
+    return FpgaServerThread(SimulatedFpga(config, lab=model), port=port, speed=speed)
 
 
 @sim.command("fpga")

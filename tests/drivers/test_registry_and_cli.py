@@ -51,7 +51,41 @@ def test_sim_lab_command_prints_the_table_and_stops(tmp_path):
                          ("stretcher", "mdt694b"), ("powermeter", "pm100")]:
         assert re.search(rf"{name}\s*│\s*{driver}", result.output), result.output
     assert re.search(r"/dev/pts/\d+", result.output)
+    assert re.search(r"fpga\s*│\s*timetagger\s*│\s*tcp\s*│\s*socket://127\.0\.0\.1:\d+", result.output), result.output
     assert "stopped" in result.output
+
+
+def test_sim_lab_without_the_fpga_serves_instruments_only():
+    from qnode.sim.cli import sim
+
+    result = CliRunner().invoke(sim, ["lab", "--seconds", "0.1", "--any-port", "--no-fpga"])
+    assert result.exit_code == 0, result.output
+    assert "cryostat" in result.output and "socket://" not in result.output
+
+
+def test_sim_lab_serves_the_fpga_at_the_port_of_a_socket_link(tmp_path):
+    from qnode.sim.cli import _fpga_port
+
+    config = load_config()
+    assert _fpga_port(config, any_port=False, fpga_port=None) == 0  # sim://: any free port
+    config.fpga = config.fpga.model_copy(update={"link": "socket://127.0.0.1:7000"})
+    assert _fpga_port(config, any_port=False, fpga_port=None) == 7000
+    assert _fpga_port(config, any_port=True, fpga_port=None) == 0
+    assert _fpga_port(config, any_port=True, fpga_port=7100) == 7100
+
+
+def test_sim_lab_says_why_the_fpga_port_is_taken():
+    import socket
+
+    from qnode.sim.cli import sim
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(sim, ["lab", "--seconds", "0.1", "--any-port", "--fpga-port", str(port)])
+    assert result.exit_code == 1
+    assert "cannot start the simulated FPGA" in result.output and str(port) in result.output
 
 
 def test_sim_lab_command_reports_a_bad_config(tmp_path):
@@ -123,6 +157,7 @@ def test_sim_lab_process_serves_another_process_and_stops_on_ctrl_c():
     import time
 
     from qnode.drivers.lakeshore import LakeShore336
+    from qnode.drivers.timetagger import TimeTagger
     from qnode.drivers.transport import TcpTransport
 
     process = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "sim", "lab", "--any-port"],
@@ -143,6 +178,12 @@ def test_sim_lab_process_serves_another_process_and_stops_on_ctrl_c():
         cryostat = LakeShore336("cryostat", TcpTransport(host, int(port)), timeout_s=2.0).open()
         assert cryostat.temperature_k("A") == pytest.approx(2.5, abs=0.01)
         cryostat.close()
+        # ... and the simulated FPGA it serves on the same lab, through the host's link driver
+        url = re.search(r"fpga\s*│\s*timetagger\s*│\s*tcp\s*│\s*(socket://127\.0\.0\.1:\d+)", output)
+        assert url, output
+        with TimeTagger(url.group(1), timeout_s=5.0) as tagger:
+            assert tagger.identity.board == "sim" and tagger.identity.channels == 8
+            assert tagger.read_register("bin_ps") == 1000
         process.send_signal(signal.SIGINT)
         rest, _ = process.communicate(timeout=20)
         rest = rest.decode("utf-8", "replace")
