@@ -13,10 +13,16 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 
 # Benchmarks print a table and write JSON under bench/results/ (git-ignored).
-bench: bench-source bench-host bench-recorder bench-rpc bench-dashboard
+bench: bench-source bench-host bench-recorder bench-rpc bench-dashboard bench-link
 
 bench-source: $(STAMP)
 	$(PY) bench/source.py
+
+# FPGA link on the host side over loopback TCP: the driver on replayed frames and on the simulated
+# FPGA at 1x, 4x, 16x, against a raw socket read; the UART's ceiling (bench/results/link.json).
+.PHONY: bench-link
+bench-link: $(STAMP)
+	$(PY) bench/link.py
 
 # Control round trip to a streaming, recording daemon (rpc_* keys in bench/results/host.json).
 .PHONY: bench-rpc
