@@ -34,6 +34,8 @@ import numpy as np
 
 from .measurements import CorrelationHistogram
 
+SIGMA_MIN_BINS = 0.02  # the narrowest peak the fit considers (20 ps at 1 ns bins)
+
 # --- tag sources -------------------------------------------------------------------------
 
 
@@ -179,7 +181,9 @@ class PeakFit:
     offset_ps: float = math.nan  # where b's clicks sit relative to a's (peak position)
     offset_err_ps: float = math.nan
     sigma_ps: float = math.nan  # the pair's combined timing jitter (Gaussian RMS)
-    sigma_err_ps: float = math.nan
+    sigma_err_ps: float = math.nan  # half the 68 % interval of the width's profile
+    sigma_upper_ps: float = math.nan  # 95 % upper bound on the width
+    sigma_resolved: bool = False  # False: the width is only bounded (jitter << bin), sigma_ps is not a measurement
     tail_ps: float = 0.0  # exponential tail (emitter lifetime), 0 for a Gaussian peak
     peak_counts: float = 0.0  # pairs in the peak (fit amplitude)
     background_per_bin: float = 0.0
@@ -191,6 +195,86 @@ class PeakFit:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _least_squares(residuals, p: np.ndarray, free: np.ndarray, iterations: int = 100):
+    """Levenberg-Marquardt on the ``free`` parameters; returns (p, residuals, cost, jacobian)."""
+    lam = 1e-2
+    r = residuals(p)
+    cost = float(r @ r)
+    jac = np.zeros((len(r), len(p)))
+    for _ in range(iterations):
+        jac = np.zeros((len(r), len(p)))
+        for j in np.flatnonzero(free):
+            h = 1e-4 * max(abs(p[j]), 1.0)
+            q = p.copy()
+            q[j] += h
+            jac[:, j] = (residuals(q) - r) / h
+        jf = jac[:, free]
+        a = jf.T @ jf
+        g = jf.T @ r
+        improved = converged = False
+        for _ in range(10):
+            try:
+                step = np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-12), -g)
+            except np.linalg.LinAlgError:
+                lam *= 10
+                continue
+            q = p.copy()
+            q[free] += step
+            q[2] = min(max(q[2], math.log(SIGMA_MIN_BINS)), math.log(20.0))  # sigma between 0.02 and 20 bins
+            q[3] = min(max(q[3], math.log(0.01)), math.log(50.0))
+            rq = residuals(q)
+            cq = float(rq @ rq)
+            if cq < cost:
+                p, r, improved = q, rq, True
+                lam = max(lam / 3, 1e-9)
+                converged = cost - cq < 1e-8 * cost + 1e-10
+                cost = cq
+                break
+            lam *= 10
+        if not improved or converged:
+            break
+    return p, r, cost, jac
+
+
+def _width_profile(residuals, p: np.ndarray, free: np.ndarray, cost: float,
+                   scale: float = 1.0) -> tuple[float, float, float, bool]:
+    """The width's profile: the cost refitted with sigma held at each point of a grid (the
+    other free parameters follow). Returns the 68 % interval (cost within 1 of the best),
+    the 95 % upper bound (within 3.84) and whether the narrowest width the model allows is
+    excluded at 95 %: when it is not, the data only bound the width from above (a jitter far
+    below the tagger's bin hides inside the bins' triangle). ``scale``: the reduced chi-square
+    when above 1 (the same inflation as the other parameters' errors)."""
+    fixed = free.copy()
+    fixed[2] = False
+    best = float(np.exp(p[2]))
+    grid = np.unique(np.concatenate([np.geomspace(SIGMA_MIN_BINS, 20.0, 25), [best]]))
+    grid = grid[grid <= max(4 * best, 2.0)]
+    excess = []
+    for sigma in grid:
+        q = p.copy()
+        q[2] = math.log(sigma)
+        _, _, c, _ = _least_squares(residuals, q, fixed, iterations=30)
+        excess.append(max(c - cost, 0.0))
+    excess = np.array(excess)
+    i_best = int(np.argmin(excess))
+
+    def bound(limit: float, side: int) -> float:
+        # walk from the best point outwards to the first grid point past the limit; interpolate
+        i = i_best
+        while 0 <= i + side < len(grid) and excess[i + side] <= limit:
+            i += side
+        if not 0 <= i + side < len(grid):
+            return float(grid[i])
+        # the excess is quadratic near its minimum: interpolate its square root, not itself
+        x0, x1 = math.log(grid[i]), math.log(grid[i + side])
+        y0, y1 = math.sqrt(excess[i]), math.sqrt(excess[i + side])
+        return float(math.exp(x0 + (math.sqrt(limit) - y0) / (y1 - y0) * (x1 - x0)))
+
+    low, high, upper95 = bound(scale, -1), bound(scale, +1), bound(3.84 * scale, +1)
+    resolved = bool(excess[0] > 3.84 * scale)
+    return low, high, upper95, resolved
 
 
 def fit_peak(hist: CorrelationHistogram, *, shape: str = "gaussian", tail_ps: float | None = None,
@@ -228,41 +312,7 @@ def fit_peak(hist: CorrelationHistogram, *, shape: str = "gaussian", tail_ps: fl
         m = model(q)
         return (counts - m) / np.sqrt(np.maximum(m, 1.0))
 
-    lam = 1e-2
-    r = residuals(p)
-    cost = float(r @ r)
-    for _ in range(100):
-        jac = np.zeros((len(counts), len(p)))
-        for j in np.flatnonzero(free):
-            h = 1e-4 * max(abs(p[j]), 1.0)
-            q = p.copy()
-            q[j] += h
-            jac[:, j] = (residuals(q) - r) / h
-        jf = jac[:, free]
-        a = jf.T @ jf
-        g = jf.T @ r
-        improved = False
-        for _ in range(10):
-            try:
-                step = np.linalg.solve(a + lam * np.diag(np.diag(a) + 1e-12), -g)
-            except np.linalg.LinAlgError:
-                lam *= 10
-                continue
-            q = p.copy()
-            q[free] += step
-            q[2] = min(max(q[2], math.log(0.02)), math.log(20.0))  # sigma between 0.02 and 20 bins
-            q[3] = min(max(q[3], math.log(0.01)), math.log(50.0))
-            rq = residuals(q)
-            cq = float(rq @ rq)
-            if cq < cost:
-                p, r, improved = q, rq, True
-                lam = max(lam / 3, 1e-9)
-                converged = cost - cq < 1e-8 * cost + 1e-10
-                cost = cq
-                break
-            lam *= 10
-        if not improved or converged:
-            break
+    p, r, cost, jac = _least_squares(residuals, p, free)
     jf = jac[:, free]
     dof = max(len(counts) - int(free.sum()), 1)
     cov = np.linalg.pinv(jf.T @ jf) * max(cost / dof, 1.0)
@@ -275,7 +325,6 @@ def fit_peak(hist: CorrelationHistogram, *, shape: str = "gaussian", tail_ps: fl
     base.offset_ps = float(delays[0] + p[1] * bin_ps)
     base.offset_err_ps = float(errors[1] * bin_ps)
     base.sigma_ps = sigma_bins * bin_ps
-    base.sigma_err_ps = float(errors[2] * sigma_bins * bin_ps)
     base.tail_ps = math.exp(p[3]) * bin_ps if tail else 0.0
     base.peak_counts, base.background_per_bin, base.significance = amplitude, background, significance
     base.model = model(p).tolist()
@@ -286,6 +335,12 @@ def fit_peak(hist: CorrelationHistogram, *, shape: str = "gaussian", tail_ps: fl
     if not abs(p[1] - peak) <= 3:
         base.reason = "fit did not converge near the fullest bin; measure longer"
         return base
+    # the width's uncertainty from its profile, not the curvature: near the narrowest width the
+    # cost is flat, and the curvature's error says nothing there
+    low, high, upper95, resolved = _width_profile(residuals, p, free, cost, scale=max(cost / dof, 1.0))
+    base.sigma_err_ps = 0.5 * (high - low) * bin_ps
+    base.sigma_upper_ps = upper95 * bin_ps
+    base.sigma_resolved = resolved
     base.ok, base.reason = True, "ok"
     return base
 

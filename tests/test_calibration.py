@@ -72,6 +72,21 @@ def test_continuous_pairs_give_the_arm_difference_to_a_fraction_of_a_bin(config)
     assert abs(fit.offset_ps - 4700) < 5 * fit.offset_err_ps + 20
 
 
+def test_the_width_is_measured_when_the_bins_show_it_and_only_bounded_when_they_hide_it(config):
+    # 50 ps of jitter per detector (71 ps for the pair) hides inside a 1 ns bin's triangle: the
+    # fit can only bound it. At 200 ps per detector the bins' edges show it.
+    for jitter_ps, resolvable in ((50.0, False), (200.0, True)):
+        det = config.sim.detector.model_copy(update={"jitter_ps": jitter_ps})
+        source = SimTagSource(config.model_copy(update={"sim": config.sim.model_copy(update={"detector": det})}))
+        t, ch = source.acquire(1.0)
+        fit = fit_peak(correlation(t, ch, 1, 2, BIN_PS, 20_000))
+        true_sigma_ps = math.sqrt(2) * jitter_ps
+        assert fit.ok and fit.sigma_resolved == resolvable, (jitter_ps, fit.sigma_ps, fit.sigma_upper_ps)
+        assert true_sigma_ps <= fit.sigma_upper_ps < true_sigma_ps + BIN_PS / 5
+        if resolvable:
+            assert abs(fit.sigma_ps - true_sigma_ps) < 3 * fit.sigma_err_ps < 0.1 * true_sigma_ps
+
+
 def test_no_significant_peak_is_refused_and_nothing_is_written(config):
     source = SimTagSource(config)
     before = {c: source.read_register("ts_delay_bins", c) for c in range(8)}

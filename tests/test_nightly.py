@@ -120,3 +120,40 @@ def test_cli_one_shot_window_and_argument_errors(tmp_path, monkeypatch):
     assert not (tmp_path / "runs/calibration/history.json").exists()  # one-shots keep no history
     both = runner.invoke(main, ["calibrate", "window", "--nightly", "--config", str(config)])
     assert both.exit_code == 2 and "either --nightly or one of" in both.output
+
+
+def test_the_command_exits_0_then_1_on_drift_then_2_without_a_lab(tmp_path):
+    # The real `qnode calibrate --nightly` process, as cron and systemd see it: its exit status.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    reference = (Path(__file__).parents[1] / "lab_configs" / "sim.toml").read_text()
+    assert "delay_seconds = 2.0" in reference and "\n2 = 7900\n" in reference and 'link = "sim://"' in reference
+    quick = reference.replace("delay_seconds = 2.0", "delay_seconds = 1.0").replace(
+        "phase_seconds = 1.0", "phase_seconds = 0.3\nphase_kicks = false")
+    configs = {"tonight": quick, "drifted": quick.replace("\n2 = 7900\n", "\n2 = 9900\n"),
+               "no_lab": quick.replace('link = "sim://"', 'link = "/dev/ttyUSB7"')}
+    for name, text in configs.items():
+        (tmp_path / f"{name}.toml").write_text(text)
+
+    def nightly(name):
+        return subprocess.run(
+            [sys.executable, "-m", "qnode.host.cli", "calibrate", "--nightly", "--config", str(tmp_path / f"{name}.toml"),
+             "--out", str(tmp_path / "reports"), "--history", str(tmp_path / "history.json")],
+            capture_output=True, text=True, timeout=600)
+
+    first = nightly("tonight")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "exit 0: all within tolerance" in first.stdout
+    drifted = nightly("drifted")
+    assert drifted.returncode == 1, drifted.stdout + drifted.stderr
+    assert "out of tolerance: delay 1-2 drifted since last night" in drifted.stdout and "+2 bins" in drifted.stdout
+    no_lab = nightly("no_lab")
+    assert no_lab.returncode == 2, no_lab.stdout + no_lab.stderr
+    assert "--daemon" in no_lab.stderr
+    reports = sorted((tmp_path / "reports").glob("*/report.json"), key=lambda p: p.stat().st_mtime)
+    assert [json.loads(p.read_text())["exit_code"] for p in reports] == [0, 1, 2]
+    # a night that could not run leaves the history alone: tomorrow compares with the drifted night
+    nights = json.loads((tmp_path / "history.json").read_text())["nights"]
+    assert [n["exit_code"] for n in nights] == [0, 1]
