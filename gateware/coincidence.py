@@ -32,8 +32,10 @@ MASK_BITS = 16
 WINDOW_BITS = 16
 FOLD_BITS = 5
 
-Marked = data.StructLayout({"entry": Entry, "channel": 6, "coincidence": 1})
-"""A merged entry (coincidence = 0) or a coincidence record (coincidence = 1, see above)."""
+Marked = data.StructLayout({"entry": Entry, "channel": 6, "coincidence": 1, "source": 6})
+"""A merged entry (coincidence = 0) or a coincidence record (coincidence = 1, see above).
+``source``: the channel of the entry, or for a record the channel of the tag that completed the
+window (the packer counts a record it cannot send as an OUTPUT loss of that channel)."""
 
 
 class CoincidenceUnit(wiring.Component):
@@ -74,11 +76,13 @@ class CoincidenceUnit(wiring.Component):
         for p in range(p_n):
             with m.If(owed_index == p):
                 m.d.comb += [record.entry.time.eq(opened[p]), record.entry.count.eq(seen[p])]
-        m.d.comb += [record.channel.eq(owed_index), record.coincidence.eq(1)]
+        m.d.comb += [record.channel.eq(owed_index), record.coincidence.eq(1),
+                     record.source.eq(held.channel)]
 
         out = Signal(Marked)
         m.d.comb += [
             out.entry.eq(held.entry), out.channel.eq(held.channel), out.coincidence.eq(0),
+            out.source.eq(held.channel),
         ]
         m.d.comb += [
             self.marked.valid.eq(busy),

@@ -1,8 +1,11 @@
-"""TimeTaggerCore: capture -> timestamper per channel -> channel FIFOs -> merger -> packer.
+"""TimeTaggerCore: capture -> timestamper per channel -> channel FIFOs -> merger -> coincidence
+unit -> packer, with the herald unit beside them on the timestampers' outputs.
 
-The merged stream between Merger and Packer is an ordinary ``amaranth.lib.stream`` of
-(entry, channel): the coincidence and herald units of later issues slot in there, and the link
-takes the packer's ``words`` stream. Registers come from firmware/registers.py REGISTER_MAP.
+The merged stream is an ordinary ``amaranth.lib.stream`` of (entry, channel); the coincidence
+unit passes it on with its COINCIDENCE records behind the entries that completed them; the herald
+unit listens to every timestamper's stage-B output (a fixed number of clocks after the pins),
+drives ``herald_pin`` and hands its HERALD records to the packer. The link takes the packer's
+``words`` stream. Registers come from firmware/registers.py REGISTER_MAP.
 """
 
 from amaranth import Module, Mux, Signal
@@ -14,6 +17,8 @@ from qnode.firmware.registers import ADDRESS_BITS, DATA_BITS, REGISTER_MAP
 
 from .capture import InputCapture, coarse_bits
 from .channel_fifo import ChannelFifo
+from .coincidence import Marked, CoincidenceUnit
+from .herald import OUTCOMES, PIN_LATENCY, HeraldUnit
 from .merger import Merger
 from .packer import Packer
 from .params import check_geometry
@@ -21,12 +26,19 @@ from .regfile import RegisterFile
 from .timestamper import Timestamper
 
 COUNTERS = ("ts_tag_count", "ts_same_clock_lost", "ts_fifo_lost", "ts_output_lost")
+COINC_SETTINGS = (("coinc_mask", "masks"), ("coinc_window_bins", "windows"),
+                  ("coinc_min_fold", "min_folds"))
+HERALD_SETTINGS = ("rule", "sync_channel", "detector_mask", "veto_mask", "offset_bins",
+                   "length_bins", "late_bins", "pin_clocks")
 
 
 class TimeTaggerCore(wiring.Component):
     def __init__(self, *, channels: int = 8, oversampling: int = 8, sys_clk_hz: int = 125_000_000,
-                 fifo_depth: int = 16, output_depth: int = 16, start_now: int = 0):
-        """``start_now``: the clock counter's value at reset (tests start near an epoch edge)."""
+                 fifo_depth: int = 16, output_depth: int = 16, start_now: int = 0,
+                 coincidence: bool = True, herald: bool = True):
+        """``start_now``: the clock counter's value at reset (tests start near an epoch edge).
+        ``coincidence``/``herald``: build the coincidence unit (one more clock between merger and
+        packer) and the herald unit; without them their registers read 0."""
         check_geometry(channels, oversampling, fifo_depth, output_depth)
         if 10**12 % (sys_clk_hz * oversampling):
             raise ValueError("sys_clk_hz * oversampling must give a whole number of ps per bin")
@@ -37,12 +49,15 @@ class TimeTaggerCore(wiring.Component):
         self.fifo_depth = fifo_depth
         self.output_depth = output_depth
         self.start_now = start_now
+        self.coincidence = coincidence
+        self.herald = herald
         self.regs = RegisterFile(
             REGISTER_MAP,
             constants={
                 "protocol_version": PROTOCOL_VERSION, "gateware_hash": [0, 0],
                 "channel_count": channels, "bin_ps": self.bin_ps, "oversampling": oversampling,
                 "sys_clk_khz": sys_clk_hz // 1000,
+                "herald_latency_clocks": PIN_LATENCY if herald else 0,
             },
             implemented={reg.name: channels for reg in REGISTER_MAP if reg.name.startswith("ts_")},
         )
@@ -53,6 +68,7 @@ class TimeTaggerCore(wiring.Component):
             "w_en": In(1),
             "w_data": In(DATA_BITS),
             "r_data": Out(DATA_BITS),
+            "herald_pin": Out(1),
         })
 
     def elaborate(self, platform):
@@ -72,8 +88,43 @@ class TimeTaggerCore(wiring.Component):
         m.submodules.merger = merger = Merger(c, n, self.start_now)
 
         m.submodules.packer = packer = Packer(c, self.bin_ps, self.output_depth)
-        wiring.connect(m, merger.merged, packer.merged)
+        if self.coincidence:
+            m.submodules.coincidence = coinc = CoincidenceUnit()
+            wiring.connect(m, merger.merged, coinc.merged)
+            wiring.connect(m, coinc.marked, packer.marked)
+            for reg, port in COINC_SETTINGS:
+                for p in range(coinc.patterns):
+                    m.d.comb += getattr(coinc, port)[p].eq(regs.rw[reg][p])
+            m.d.comb += coinc.emit.eq(regs.rw["coinc_emit"][0])
+            self._count(m, regs.wo["coinc_counters_clear"],
+                        [(regs.ro["coinc_count"][p], coinc.counted[p]) for p in range(coinc.patterns)])
+        else:
+            marked = Signal(Marked)
+            m.d.comb += [marked.entry.eq(merger.merged.payload.entry),
+                         marked.channel.eq(merger.merged.payload.channel),
+                         marked.source.eq(merger.merged.payload.channel),
+                         packer.marked.valid.eq(merger.merged.valid),
+                         packer.marked.payload.eq(marked),
+                         merger.merged.ready.eq(packer.marked.ready)]
         wiring.connect(m, wiring.flipped(self.words), packer.words)
+
+        if self.herald:
+            m.submodules.herald = herald = HeraldUnit(c, n)
+            m.d.comb += herald.now.eq(now)
+            for name in HERALD_SETTINGS:
+                m.d.comb += getattr(herald, name).eq(regs.rw[f"herald_{name}"][0])
+            m.d.comb += [packer.herald.valid.eq(herald.record.valid),
+                         packer.herald.payload.eq(herald.record.payload),
+                         self.herald_pin.eq(herald.pin)]
+            ro = regs.ro
+            self._count(m, regs.wo["herald_counters_clear"], [
+                (ro["herald_attempt_count"][0], herald.attempt),
+                *[(ro["herald_success_count"][k], herald.success[k]) for k in range(OUTCOMES)],
+                (ro["herald_veto_count"][0], herald.vetoed),
+                (ro["herald_late_count"][0], herald.late),
+                # a full attempt queue, or (it cannot happen, packer.py) a full herald queue
+                (ro["herald_lost_count"][0], herald.lost + packer.herald_overflow),
+            ])
 
         clear = regs.wo["ts_counters_clear"]
         counters = {name: regs.ro[name] for name in COUNTERS}
@@ -92,6 +143,10 @@ class TimeTaggerCore(wiring.Component):
             ]
             wiring.connect(m, ts.entry, fifo.entry)
             wiring.connect(m, fifo.head, merger.heads[i])
+            if self.herald:
+                m.d.comb += [herald.tags[i].valid.eq(ts.entry.valid),
+                             herald.tags[i].payload.eq(ts.entry.payload),
+                             herald.delays[i].eq(regs.rw["ts_delay_bins"][i])]
 
             increments = {
                 "ts_tag_count": ts.tagged,
@@ -106,3 +161,12 @@ class TimeTaggerCore(wiring.Component):
                 with m.Else():
                     m.d.sync += counter.eq(counter + inc)
         return m
+
+    @staticmethod
+    def _count(m, clear, pairs):
+        """Counters (register, increment this clock) that a write-only strobe zeroes."""
+        for counter, inc in pairs:
+            with m.If(clear):
+                m.d.sync += counter.eq(0)
+            with m.Else():
+                m.d.sync += counter.eq(counter + inc)

@@ -1,16 +1,26 @@
-"""Packer: merged entries -> 64-bit event words (firmware/events.py) on an output stream.
+"""Packer: marked entries and heralds -> 64-bit event words (firmware/events.py) on an output stream.
 
-Words, at most one per clock, in this order: a HEADER once after reset; then for each entry its
-record (TAG, or LOSS reason CHANNEL_FIFO) and, for a tag that lost edges in its clock, a LOSS
-record reason SAME_CLOCK; each record preceded by an EPOCH word when its time's high bits
-(time_bins >> 32) differ from the last EPOCH sent. An entry with two records (or an EPOCH) holds
-the merger for the extra clocks.
+Words, at most one per clock, in this order: a HEADER once after reset; then for each record its
+word, each preceded by an EPOCH word when its time's high bits (time_bins >> 32) differ from the
+last EPOCH sent (a COINCIDENCE or HERALD word can step the epoch back). Records come from the
+coincidence unit's ``marked`` stream (an entry: TAG, or LOSS reason CHANNEL_FIFO, and for a tag
+that lost edges in its clock a LOSS record reason SAME_CLOCK right behind it; a coincidence
+record: COINCIDENCE) and from the herald unit's ``herald`` records (HERALD), which wait in a
+4-deep queue and go first whenever the packer takes its next record. A record with two words (or
+an EPOCH) holds the marked stream for the extra clocks.
+
+The herald queue cannot overflow: heralds are at least 3 clocks apart (the herald unit decides
+one attempt at a time, docs/gateware.md) and the packer takes the queue's head at most 4 clocks
+after it shows, then spends at most 2 clocks on it; ``herald_overflow`` says if it ever did (the
+core counts it in ``herald_lost_count``).
 
 Words go through an output FIFO (``output_depth``) to the stream. When that FIFO is full the
-record is dropped and its count (1 for a tag, the count of a loss record) added to its channel's
-pending OUTPUT loss, with the time of the first such drop. Between entries, when a channel has
-pending losses and the FIFO has room for the EPOCH and the record (level <= depth - 4, so it can
-never be dropped itself), the lowest such channel's count is sent as a LOSS record reason OUTPUT.
+record is dropped and its count (1 for a tag, coincidence or herald, the count of a loss record)
+added to its channel's pending OUTPUT loss (a coincidence's channel is the tag that completed it,
+a herald's its deciding detector), with the time of the first such drop. Between records, when a
+channel has pending losses and the FIFO has room for the EPOCH and the record (level <= depth - 4,
+so it can never be dropped itself), the lowest such channel's count is sent as a LOSS record
+reason OUTPUT.
 """
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal
@@ -22,11 +32,11 @@ from qnode.firmware.events import (
 )
 
 from .channel_fifo import PENDING_BITS
-from .merger import Merged
+from .coincidence import Marked
+from .herald import HeraldRecord
 from .params import COUNT_BITS, GAP_BITS, TIME_BITS
 
-# What the record in hand is.
-REC_TAG, REC_FIFO_LOSS, REC_OUTPUT_LOSS = 0, 1, 2
+HERALD_QUEUE = 4  # HERALD records waiting for the packer (at most 2 can, see above)
 
 
 def event_word(kind, channel, aux, time):
@@ -39,8 +49,10 @@ class Packer(wiring.Component):
         self.bin_ps = bin_ps
         self.output_depth = output_depth
         super().__init__({
-            "merged": In(stream.Signature(Merged)),
+            "marked": In(stream.Signature(Marked)),
+            "herald": In(stream.Signature(HeraldRecord, always_ready=True)),
             "words": Out(stream.Signature(64)),
+            "herald_overflow": Out(1),  # a herald found its queue full (cannot happen, above)
             "dropped": Out(PENDING_BITS),  # events dropped at the output in this clock ...
             "dropped_channel": Out(6),  # ... and their channel (for the loss counters)
         })
@@ -58,14 +70,16 @@ class Packer(wiring.Component):
         header_sent = Signal()
         epoch_sent = Signal(TIME_BITS - WORD_TIME_BITS)
 
-        # The entry (or pending loss) in hand, and which of its records is next.
+        # The record in hand, and which of its words is next.
         busy = Signal()
-        second = Signal()  # 0: its main record, 1: its SAME_CLOCK loss record
-        kind = Signal(2)
-        channel = Signal(6)
+        second = Signal()  # 0: its main word, 1: its SAME_CLOCK loss record
+        single = Signal()  # the main word stands for one event (TAG, COINCIDENCE, HERALD)
+        main_kind = Signal(4)  # the main word's kind, aux and channel field, set when taken
+        main_aux = Signal(AUX_BITS)
+        word_channel = Signal(6)
+        channel = Signal(6)  # whose OUTPUT loss a drop is (a coincidence: the tag that completed it)
         time = Signal(TIME_BITS)
-        count = Signal(COUNT_BITS)
-        gap = Signal(GAP_BITS)
+        count = Signal(COUNT_BITS)  # a loss record's count; a tag's SAME_CLOCK count
 
         has_second = Signal()  # a tag with SAME_CLOCK losses: registered when the entry is taken
         time2 = Signal(TIME_BITS)  # time + gap, added when the entry is taken (off the hot path)
@@ -76,22 +90,19 @@ class Packer(wiring.Component):
         # record in hand or epoch_sent changes, so no 24-bit compare sits on the control path
         epoch_differs = Signal()
         drop_count = Signal(PENDING_BITS)
-        m.d.comb += drop_count.eq(Mux((kind == REC_TAG) & ~second, 1, count))
+        m.d.comb += drop_count.eq(Mux(single & ~second, 1, count))
         # drop_count - LOSS_COUNT_MAX from registers (count_less is set with count), so a flush
         # and a drop in one clock cost one adder, not two in a row
         count_less = Signal(PENDING_BITS + 1)
         drop_less = Signal(PENDING_BITS + 1)
-        m.d.comb += drop_less.eq(Mux((kind == REC_TAG) & ~second,
+        m.d.comb += drop_less.eq(Mux(single & ~second,
                                      (1 - LOSS_COUNT_MAX) & ((1 << (PENDING_BITS + 1)) - 1),
                                      count_less))
 
-        tag_word = event_word(Kind.TAG, channel, Const(0, AUX_BITS), rec_time)
-        loss_reason = Signal(4)
-        m.d.comb += loss_reason.eq(Mux(second, LossReason.SAME_CLOCK,
-                                       Mux(kind == REC_FIFO_LOSS, LossReason.CHANNEL_FIFO,
-                                           LossReason.OUTPUT)))
-        loss_word = event_word(Kind.LOSS, channel, Cat(count, loss_reason), rec_time)
-        rec_word = Mux((kind == REC_TAG) & ~second, tag_word, loss_word)
+        main_word = Cat(time[:WORD_TIME_BITS], main_aux, word_channel, main_kind)
+        same_clock_word = event_word(Kind.LOSS, word_channel,
+                                     Cat(count, Const(LossReason.SAME_CLOCK, 4)), time2)
+        rec_word = Mux(second, same_clock_word, main_word)
         epoch_word = Cat(rec_epoch, Const(0, 60 - len(rec_epoch)), Const(Kind.EPOCH, 4))
 
         advance = Signal()
@@ -148,28 +159,57 @@ class Packer(wiring.Component):
         m.d.comb += level_next.eq(level + (out.w_en & out.w_rdy) - (out.r_en & out.r_rdy))
         m.d.sync += [level.eq(level_next), room4.eq(level_next <= q - 4)]
 
+        # Heralds wait in a short queue and go first; then pending OUTPUT losses; then the
+        # marked stream. (The queue's r_rdy is a register.)
+        m.submodules.herald_queue = hq = fifo.SyncFIFOBuffered(width=HeraldRecord.size,
+                                                               depth=HERALD_QUEUE)
+        m.d.comb += [hq.w_en.eq(self.herald.valid), hq.w_data.eq(self.herald.payload),
+                     self.herald_overflow.eq(self.herald.valid & ~hq.w_rdy)]
+        herald = Signal(HeraldRecord)
+        m.d.comb += herald.eq(hq.r_data)
+
         take = header_sent & (~busy | finishing)
+        take_herald = Signal()
         flush = Signal()
         m.d.comb += [
-            flush.eq(take & any_pending & room4),
-            self.merged.ready.eq(take & ~flush),
+            take_herald.eq(take & hq.r_rdy),
+            hq.r_en.eq(take_herald),
+            flush.eq(take & ~hq.r_rdy & any_pending & room4),
+            self.marked.ready.eq(take & ~hq.r_rdy & ~flush),
         ]
-        with m.If(flush):
+        with m.If(take_herald):
             m.d.sync += [
-                busy.eq(1), second.eq(0), kind.eq(REC_OUTPUT_LOSS), channel.eq(flush_channel),
+                busy.eq(1), second.eq(0), single.eq(1), main_kind.eq(Kind.HERALD),
+                main_aux.eq(Cat(herald.attempt, herald.outcome)),
+                word_channel.eq(herald.channel), channel.eq(herald.channel),
+                time.eq(herald.time), time2.eq(herald.time), count.eq(0), has_second.eq(0),
+                epoch_differs.eq(herald.time[WORD_TIME_BITS:] != epoch_sent),
+            ]
+        with m.Elif(flush):
+            m.d.sync += [
+                busy.eq(1), second.eq(0), single.eq(0), main_kind.eq(Kind.LOSS),
+                main_aux.eq(Cat(chunk[:COUNT_BITS], Const(LossReason.OUTPUT, 4))),
+                word_channel.eq(flush_channel), channel.eq(flush_channel),
                 time.eq(flush_time), time2.eq(flush_time),
-                count.eq(chunk), count_less.eq(chunk - LOSS_COUNT_MAX), gap.eq(0),
+                count.eq(chunk), count_less.eq(chunk - LOSS_COUNT_MAX),
                 has_second.eq(0),
                 epoch_differs.eq(flush_time[WORD_TIME_BITS:] != epoch_sent),
             ]
-        with m.Elif(self.merged.valid & self.merged.ready):
-            entry = self.merged.payload.entry
+        with m.Elif(self.marked.valid & self.marked.ready):
+            rec = self.marked.payload
+            entry = rec.entry
+            is_loss = entry.loss & ~rec.coincidence
             m.d.sync += [
-                busy.eq(1), second.eq(0), kind.eq(Mux(entry.loss, REC_FIFO_LOSS, REC_TAG)),
-                channel.eq(self.merged.payload.channel), time.eq(entry.time),
-                time2.eq(entry.time + entry.gap), count.eq(entry.count), gap.eq(entry.gap),
+                busy.eq(1), second.eq(0), single.eq(~is_loss),
+                main_kind.eq(Mux(rec.coincidence, Kind.COINCIDENCE,
+                                 Mux(entry.loss, Kind.LOSS, Kind.TAG))),
+                main_aux.eq(Mux(rec.coincidence, entry.count,
+                                Mux(entry.loss, Cat(entry.count, Const(LossReason.CHANNEL_FIFO, 4)),
+                                    0))),
+                word_channel.eq(rec.channel), channel.eq(rec.source), time.eq(entry.time),
+                time2.eq(entry.time + entry.gap), count.eq(entry.count),
                 count_less.eq(entry.count - LOSS_COUNT_MAX),
-                has_second.eq(~entry.loss & (entry.count != 0)),
+                has_second.eq(~entry.loss & ~rec.coincidence & (entry.count != 0)),
                 epoch_differs.eq(entry.time[WORD_TIME_BITS:] != epoch_sent),
             ]
 

@@ -28,9 +28,20 @@ from qnode.gateware.params import (
     HORIZON_CLOCKS, VISIBLE_LATENCY, WRITE_LATENCY, check_geometry, merge_levels,
 )
 
+from .twin_herald import ATTEMPT_BITS, RULE_OFF, HeraldSettings, heralds
+
 VISIBLE = VISIBLE_LATENCY
 
 COUNTER_NAMES = ("ts_tag_count", "ts_same_clock_lost", "ts_fifo_lost", "ts_output_lost")
+UNIT_COUNTER_NAMES = ("coinc_count", "herald_attempt_count", "herald_success_count",
+                      "herald_veto_count", "herald_late_count", "herald_lost_count")
+PATTERNS = 8  # keep in step with gateware/coincidence.py
+
+
+def herald_registers_at_reset() -> HeraldSettings:
+    """The herald unit's settings as the registers hold them after power-up: rule off."""
+    return HeraldSettings(rule=RULE_OFF, sync_channel=0, detector_mask=0, veto_mask=0,
+                          offset_bins=0, length_bins=0, late_bins=0, pin_clocks=1)
 
 
 @dataclass
@@ -47,9 +58,27 @@ class TwinConfig:
     edge: list[int] = field(default_factory=list)  # 0 rising, 1 falling; default rising
     delay_bins: list[int] = field(default_factory=list)
     dead_time_bins: list[int] = field(default_factory=list)
+    # the coincidence unit (between merger and packer) and the herald unit: built or not, and
+    # their registers (coinc_* per pattern, coinc_emit; herald: None = the registers at reset)
+    coincidence_unit: bool = True
+    herald_unit: bool = True
+    coinc_mask: list[int] = field(default_factory=list)
+    coinc_window_bins: list[int] = field(default_factory=list)
+    coinc_min_fold: list[int] = field(default_factory=list)
+    coinc_emit: int = 0
+    herald: HeraldSettings | None = None
 
     def __post_init__(self):
         check_geometry(self.channels, self.oversampling, self.fifo_depth, self.output_depth)
+        for name in ("coinc_mask", "coinc_window_bins", "coinc_min_fold"):
+            values = [int(v) for v in getattr(self, name)]
+            if len(values) > PATTERNS:
+                raise ValueError(f"{name}: {len(values)} values for {PATTERNS} patterns")
+            setattr(self, name, values + [0] * (PATTERNS - len(values)))
+        if not 0 <= self.coinc_emit < 1 << PATTERNS:
+            raise ValueError(f"coinc_emit {self.coinc_emit}: one bit per pattern, {PATTERNS} patterns")
+        if self.herald is None:
+            self.herald = herald_registers_at_reset()
         for name, default in (("enable", 1), ("edge", 0), ("delay_bins", 0), ("dead_time_bins", 0)):
             values = list(getattr(self, name)) or [default] * self.channels
             if len(values) != self.channels:
@@ -215,7 +244,8 @@ class Entries:
 _TIME_LOW = (1 << 32) - 1
 NONE_LEFT = np.int64(1) << 62
 _COUNT_MAX = (1 << 18) - 1
-_REC_TAG, _REC_FIFO_LOSS, _REC_OUTPUT_LOSS = 0, 1, 2
+_REC_TAG, _REC_FIFO_LOSS, _REC_OUTPUT_LOSS, _REC_COINC, _REC_HERALD = 0, 1, 2, 3, 4
+HERALD_QUEUE = 4  # keep in step with gateware/packer.py
 
 
 @numba.njit(cache=True)
@@ -259,13 +289,48 @@ def _root_take(w, t, ch, c_n, levels, shift, start_now):
 
 
 @numba.njit(cache=True)
+def _coinc_take(t, ch, is_tag, masks, windows, folds, op_time, op_seen, op_open, c_counts):
+    """The coincidence unit takes an entry: update every pattern, count, return the fire mask."""
+    fire = 0
+    if not is_tag:
+        return fire
+    bit = np.int64(1) << ch
+    for p in range(len(masks)):
+        if (masks[p] & bit) == 0:
+            continue
+        need = folds[p]
+        if need == 0:
+            for b in range(16):
+                need += (masks[p] >> b) & 1
+        outside = (not op_open[p]) or (t - op_time[p] > windows[p])
+        before = 0
+        for b in range(16):
+            before += (op_seen[p] >> b) & 1
+        new_seen = bit if outside else (op_seen[p] | bit)
+        after = 0
+        for b in range(16):
+            after += (new_seen >> b) & 1
+        if after == need and (outside or before != after):
+            fire |= 1 << p
+            c_counts[p] += 1
+        op_seen[p] = new_seen
+        if outside:
+            op_time[p] = t
+            op_open[p] = True
+    return fire
+
+
+@numba.njit(cache=True)
 def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, first, depth, shift,
-           start_now, c_n, levels, epoch_sent, out_words, n_out, g_ptr, g_clock, g_entry, g_ch):
+           start_now, c_n, levels, epoch_sent, out_words, n_out, g_ptr, g_clock, g_entry, g_ch,
+           stage, h_next, masks, windows, folds, op_time, op_seen, op_open, c_counts):
     """An idle pipeline, an always-ready consumer and a burst of entries that no channel FIFO
     can overflow on (at most depth - 2 of them): the merger then emits them in (time, channel)
     order, whatever their clocks, and the pipeline is idle again by ``bound`` (a safe upper
     bound: every entry could reach the packer by ``base`` on its own, then each takes at most
-    4 packer clocks plus the tree's latency). Taken only if the next entry arrives after ``bound``.
+    4 packer clocks plus the tree's latency). Taken only if the next entry arrives after ``bound``
+    and no herald comes before it (``h_next``). ``stage``: 1 with the coincidence unit (one more
+    clock; the caller makes sure it emits no records, and its state follows each entry).
     Returns (first idle clock, epoch, words, next channel) or (-1, ...) when it does not apply."""
     limit = min(depth - 2, BURST_MAX)
     for ch in range(c_n):
@@ -282,14 +347,16 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
         g_entry[n_g] = i
         g_ch[n_g] = ch
         n_g += 1
-        ready_at = _root_take(ent_clock[i], ent_time[i], ch, c_n, levels, shift, start_now) + 1
+        ready_at = _root_take(ent_clock[i], ent_time[i], ch, c_n, levels, shift, start_now) + 1 + stage
         base = max(base, ready_at)
         g_ptr[ch] = i + 1
         g_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
-        bound = base + 4 + 2 * levels + 8 * n_g
+        bound = base + 4 + 2 * levels + 8 * n_g + 2 * stage
         ch = _next_entry(g_clock, -1, NONE_LEFT)
         if ch < 0 or g_clock[ch] > bound:
             break
+    if bound >= h_next:
+        return -1, epoch_sent, n_out, first
     # (time, channel) order: insertion sort of a handful
     for a in range(1, n_g):
         e, c = g_entry[a], g_ch[a]
@@ -304,6 +371,8 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
     for a in range(n_g):
         e, c = g_entry[a], g_ch[a]
         t = ent_time[e]
+        if stage:
+            _coinc_take(t, c, True, masks, windows, folds, op_time, op_seen, op_open, c_counts)
         if (t >> 32) != epoch_sent:
             epoch_sent = t >> 32
             out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
@@ -326,8 +395,14 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
 
 @numba.njit(cache=True)
 def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channels, n, depth,
-             q_depth, start_now, n_clocks, ready, header, out_words, counters, direct):
+             q_depth, start_now, n_clocks, ready, header, out_words, counters, direct,
+             stage, masks, windows, folds, emit, c_counts, h_clock, h_ch, h_aux, h_time, h_lost):
     """Returns (words written to out_words, clocks simulated). ``n_clocks`` < 0: until drained.
+
+    ``stage``: the coincidence unit sits between the merger and the packer (patterns ``masks``,
+    ``windows``, ``folds``, ``emit``; counts into ``c_counts``). Heralds: HERALD records valid in
+    clock ``h_clock`` (sorted) with their channel, aux and time, into the packer's herald queue
+    (a full queue counts in ``h_lost[0]``).
 
     ``direct``: the consumer is always ready and the run goes until drained. The output FIFO
     then never holds more than one word in its inner queue, so it never refuses a word and never
@@ -380,12 +455,43 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     heads_in = 0  # channel FIFO heads valid at the start of the clock
     mh_valid = False
 
+    # the coincidence unit: the entry in hand, records owed, each pattern's open window
+    p_n = len(masks)
+    cb_busy = False
+    cb_sent = False
+    cb_owed = 0
+    cb_time = np.int64(0)
+    cb_loss = 0
+    cb_count = np.int64(0)
+    cb_gap = np.int64(0)
+    cb_ch = 0
+    op_time = np.zeros(p_n, np.int64)
+    op_seen = np.zeros(p_n, np.int64)
+    op_open = np.zeros(p_n, np.bool_)
+
+    # the packer's herald queue (SyncFIFOBuffered, depth HERALD_QUEUE)
+    hq_cap = HERALD_QUEUE - 1
+    hq_ch = np.zeros(hq_cap, np.int64)
+    hq_aux = np.zeros(hq_cap, np.int64)
+    hq_time = np.zeros(hq_cap, np.int64)
+    hq_h = 0
+    hq_n = 0
+    hq_valid = False
+    hq_head_ch = 0
+    hq_head_aux = np.int64(0)
+    hq_head_time = np.int64(0)
+    h_ptr = 0
+    n_h = len(h_clock)
+    fast = direct and emit == 0  # the one-step paths: no coincidence records in the stream
+
     header_sent = False
     epoch_sent = np.int64(0)
     busy = False
     second = False
     kind = 0
     p_ch = 0
+    p_wch = 0
+    p_aux = np.int64(0)
     p_time = np.int64(0)
     p_count = np.int64(0)
     p_gap = np.int64(0)
@@ -462,6 +568,19 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                         nd_take[nd] = 1
         mh_valid = nd_v0[root]
 
+        # ---- coincidence unit: what it shows the packer
+        if stage:
+            mk_valid = cb_busy
+            mk_rec = cb_busy and cb_sent
+            mk_pat = 0
+            if mk_rec:
+                while not (cb_owed >> mk_pat) & 1:
+                    mk_pat += 1
+        else:
+            mk_valid = mh_valid
+            mk_rec = False
+            mk_pat = 0
+
         # ---- packer
         room = q_n != q_cap
         level = q_n + (1 if q_valid else 0)
@@ -485,14 +604,17 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
             else:
                 w_en = True
                 advance = True
-                if kind == _REC_TAG and not second:
-                    w_word = (np.int64(Kind.TAG) << 60) | (np.int64(p_ch) << 54) | (rec_time & _TIME_LOW)
-                elif second:
+                if second:
                     w_word = _loss_word(p_ch, LossReason.SAME_CLOCK, p_count, rec_time)
+                elif kind == _REC_TAG:
+                    w_word = (np.int64(Kind.TAG) << 60) | (np.int64(p_ch) << 54) | (rec_time & _TIME_LOW)
                 elif kind == _REC_FIFO_LOSS:
                     w_word = _loss_word(p_ch, LossReason.CHANNEL_FIFO, p_count, rec_time)
-                else:
+                elif kind == _REC_OUTPUT_LOSS:
                     w_word = _loss_word(p_ch, LossReason.OUTPUT, p_count, rec_time)
+                else:
+                    w_word = ((np.int64(Kind.COINCIDENCE if kind == _REC_COINC else Kind.HERALD) << 60)
+                              | (np.int64(p_wch) << 54) | (p_aux << 32) | (rec_time & _TIME_LOW))
         has_second = kind == _REC_TAG and p_count != 0
         finishing = advance and not ((not second) and has_second)
         take = header_sent and ((not busy) or finishing)
@@ -502,10 +624,20 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 if out_pend[ch] != 0:
                     f_ch = ch
                     break
-        flush = take and f_ch >= 0 and level <= q_depth - 4
-        pop = mh_valid and take and not flush  # the packer takes the root's head
+        take_herald = take and hq_valid
+        flush = take and not hq_valid and f_ch >= 0 and level <= q_depth - 4
+        pop = mk_valid and take and not hq_valid and not flush  # the packer takes a marked record
         rd = q_valid and (c >= n_ready or ready[c])
-        drop_count = np.int64(1) if (kind == _REC_TAG and not second) else p_count
+        drop_count = p_count if (second or kind == _REC_FIFO_LOSS or kind == _REC_OUTPUT_LOSS) \
+            else np.int64(1)
+        if stage:
+            moved = cb_busy and pop
+            left_after = (cb_owed & (cb_owed - 1)) if cb_sent else cb_owed
+            cb_finishing = moved and left_after == 0 and (cb_sent or cb_owed == 0)
+            cb_take = (not cb_busy) or cb_finishing
+            root_pop = cb_take and mh_valid
+        else:
+            root_pop = pop
 
         # ---- output FIFO
         if direct:
@@ -554,22 +686,96 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
             second = (not second) and has_second
             if finishing:
                 busy = False
-        if flush:
+        if take_herald:
+            busy = True
+            second = False
+            kind = _REC_HERALD
+            p_ch = hq_head_ch
+            p_wch = hq_head_ch
+            p_aux = hq_head_aux
+            p_time = hq_head_time
+            p_count = 0
+            p_gap = 0
+        elif flush:
             busy = True
             second = False
             kind = _REC_OUTPUT_LOSS
             p_ch = f_ch
+            p_wch = f_ch
             p_time = out_pend_time[f_ch]
             p_count = chunk
             p_gap = 0
+        elif pop and mk_rec:
+            busy = True
+            second = False
+            kind = _REC_COINC
+            p_ch = cb_ch
+            p_wch = mk_pat
+            p_aux = op_seen[mk_pat]
+            p_time = op_time[mk_pat]
+            p_count = 0
+            p_gap = 0
+        elif pop and stage:
+            busy = True
+            second = False
+            kind = _REC_FIFO_LOSS if cb_loss else _REC_TAG
+            p_ch = cb_ch
+            p_wch = cb_ch
+            p_time = cb_time
+            p_count = cb_count
+            p_gap = cb_gap
         elif pop:
             busy = True
             second = False
             kind = _REC_FIFO_LOSS if nd_loss[root, 0] else _REC_TAG
             p_ch = nd_ch[root, 0]
+            p_wch = p_ch
             p_time = nd_time[root, 0]
             p_count = nd_count[root, 0]
             p_gap = nd_gap[root, 0]
+
+        # ---- the herald queue: this clock's record written, the head refilled
+        h_arr = h_ptr < n_h and h_clock[h_ptr] == c
+        hq_w_rdy = hq_n != hq_cap
+        hq_w = (hq_h + hq_n) % hq_cap
+        if hq_n > 0 and ((not hq_valid) or take_herald):
+            hq_head_ch = hq_ch[hq_h]
+            hq_head_aux = hq_aux[hq_h]
+            hq_head_time = hq_time[hq_h]
+            hq_valid = True
+            hq_h = (hq_h + 1) % hq_cap
+            hq_n -= 1
+        elif take_herald:
+            hq_valid = False
+        if h_arr:
+            if hq_w_rdy:
+                hq_ch[hq_w] = h_ch[h_ptr]
+                hq_aux[hq_w] = h_aux[h_ptr]
+                hq_time[hq_w] = h_time[h_ptr]
+                hq_n += 1
+            else:
+                h_lost[0] += 1
+            h_ptr += 1
+
+        # ---- the coincidence unit's state (it reads the root's head before the tree moves)
+        if stage:
+            if moved:
+                if cb_sent:
+                    cb_owed &= cb_owed - 1
+                cb_sent = True
+            if cb_finishing:
+                cb_busy = False
+            if root_pop:
+                cb_time = nd_time[root, 0]
+                cb_loss = nd_loss[root, 0]
+                cb_count = nd_count[root, 0]
+                cb_gap = nd_gap[root, 0]
+                cb_ch = nd_ch[root, 0]
+                fire = _coinc_take(cb_time, cb_ch, cb_loss == 0, masks, windows, folds,
+                                   op_time, op_seen, op_open, c_counts)
+                cb_busy = True
+                cb_sent = False
+                cb_owed = fire & emit
 
         # ---- merger tree nodes, the root first (a node reads its children before they change)
         if moving:
@@ -579,7 +785,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     if not nd_present[nd]:
                         continue
                     if lv == levels:
-                        nd_pop = pop
+                        nd_pop = root_pop
                     else:
                         nd_pop = nd_take[off[lv + 1] + (j >> 1)] == (j & 1)
                     side = nd_take[nd]
@@ -689,19 +895,22 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         c_next = c + 1
         heads_in = heads
         quiet = (header_sent and not busy and q_n == 0 and not q_valid and n_full == 0
-                 and not fifo_busy and n_out_pend == 0)
+                 and not fifo_busy and n_out_pend == 0 and not cb_busy and not hq_valid
+                 and hq_n == 0)
         nxt = -1
         next_arrival = limit
+        h_next = h_clock[h_ptr] if h_ptr < n_h else NONE_LEFT
         if quiet:
             nxt = _next_entry(next_clock, -1, NONE_LEFT)
             next_arrival = next_clock[nxt] if nxt >= 0 else limit
-        if quiet and direct and heads == 0:
+            next_arrival = min(next_arrival, h_next)
+        if quiet and fast and heads == 0:
             # Entries that find the pipeline idle and leave it before the next one arrives.
             while nxt >= 0:
                 e = ptr[nxt]
                 w = ent_clock[e]
                 t = ent_time[e]
-                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1  # by the packer
+                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1 + stage  # packer
                 k = 1
                 if (t >> 32) != epoch_sent:
                     k += 1
@@ -710,18 +919,24 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     if ((t + ent_gap[e]) >> 32) != (t >> 32):
                         k += 1
                 done = take_at + k  # then k words
+                if done >= h_next:
+                    break  # a herald reaches the packer meanwhile: clock by clock
                 following = ent_clock[e + 1] if e + 1 < ent_end[nxt] else NONE_LEFT
                 after = _next_entry(next_clock, nxt, following)
                 if after >= 0 and (following if after == nxt else next_clock[after]) <= done:
                     # A small burst: handled at once if it clears before the next arrival.
                     res = _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock,
                                  nxt, depth, shift, start_now, c_n, levels, epoch_sent, out_words, n_out,
-                                 g_ptr, g_clock, g_entry, g_ch)
+                                 g_ptr, g_clock, g_entry, g_ch, stage, h_next, masks, windows, folds,
+                                 op_time, op_seen, op_open, c_counts)
                     if res[0] < 0:
                         break
                     c_next, epoch_sent, n_out, nxt = res
                     continue
                 ch = nxt
+                if stage:
+                    _coinc_take(t, ch, True, masks, windows, folds, op_time, op_seen, op_open,
+                                c_counts)
                 if (t >> 32) != epoch_sent:
                     epoch_sent = t >> 32
                     out_words[n_out] = (np.int64(Kind.EPOCH) << 60) | epoch_sent
@@ -740,10 +955,10 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 next_clock[nxt] = following
                 nxt = after
                 c_next = done + 1
-            next_arrival = next_clock[nxt] if nxt >= 0 else limit
+            next_arrival = min(next_clock[nxt] if nxt >= 0 else limit, h_next)
         if quiet and next_arrival > c_next:
             if heads == 0:
-                if nxt < 0 and n_clocks < 0:
+                if nxt < 0 and n_clocks < 0 and h_ptr >= n_h:
                     c = c_next
                     break
                 c_next = next_arrival
@@ -770,6 +985,8 @@ class TwinResult:
     clocks: int  # clocks simulated
     counters: dict[str, np.ndarray]  # per channel, as the registers would read
     entries: int  # tags the timestampers produced
+    unit_counters: dict[str, np.ndarray] = field(default_factory=dict)  # coinc_*, herald_*
+    heralds: object = None  # sim.twin_herald.HeraldResult: every herald's pin clock, attempt, ...
 
 
 class Twin:
@@ -801,16 +1018,49 @@ class Twin:
             counters[1, ch] = int(entries.count[entries.start[ch]:end[ch]].sum())
         total = int((end - entries.start).sum())
         ready_arr = np.ones(0, np.bool_) if ready is None else np.ascontiguousarray(ready, np.bool_)
-        out = np.empty(8 * total + 64, np.int64)
+        if cfg.herald_unit:
+            res = heralds(entries, cfg.herald, channels=cfg.channels, oversampling=cfg.oversampling,
+                          delay_bins=cfg.delay_bins, n_clocks=n_clocks, start_now=cfg.start_now)
+            h_clock = res.clock.astype(np.int64)
+            h_ch = res.channel.astype(np.int64)
+            h_aux = (res.outcome.astype(np.int64) << ATTEMPT_BITS) | res.attempt.astype(np.int64)
+            h_time = res.time.astype(np.int64)
+        else:
+            res = None
+            h_clock = h_ch = h_aux = h_time = np.zeros(0, np.int64)
+        stage = bool(cfg.coincidence_unit)
+        emit = cfg.coinc_emit if stage else 0
+        records_per_entry = 2 * bin(emit).count("1")
+        out = np.empty((8 + records_per_entry) * total + 2 * len(h_clock) + 64, np.int64)
         header = np.array([header_word(cfg.bin_ps, cfg.channels)], np.uint64).view(np.int64)[0]
+        c_counts = np.zeros(PATTERNS, np.int64)
+        h_lost = np.zeros(1, np.int64)
         n_out, clocks = _backend(entries.clock, entries.time, entries.count, entries.gap,
                                  entries.start, end, cfg.channels, cfg.oversampling,
                                  cfg.fifo_depth, cfg.output_depth, cfg.start_now,
                                  -1 if n_clocks is None else n_clocks, ready_arr, header, out,
-                                 counters, n_clocks is None and ready is None)
+                                 counters, n_clocks is None and ready is None,
+                                 stage, np.asarray(cfg.coinc_mask, np.int64),
+                                 np.asarray(cfg.coinc_window_bins, np.int64),
+                                 np.asarray(cfg.coinc_min_fold, np.int64), emit, c_counts,
+                                 h_clock, h_ch, h_aux, h_time, h_lost)
+        unit = {}
+        if stage:
+            unit["coinc_count"] = c_counts
+        if res is not None:
+            hc = res.counters
+            unit.update({
+                "herald_attempt_count": np.array([hc["herald_attempt_count"]], np.int64),
+                "herald_success_count": np.array(hc["herald_success_count"], np.int64),
+                "herald_veto_count": np.array([hc["herald_veto_count"]], np.int64),
+                "herald_late_count": np.array([hc["herald_late_count"]], np.int64),
+                "herald_lost_count": h_lost,
+            })
         return TwinResult(
             words=out[:n_out].view(np.uint64),
             clocks=int(clocks),
             counters={name: counters[i] for i, name in enumerate(COUNTER_NAMES)},
             entries=total,
+            unit_counters=unit,
+            heralds=res,
         )

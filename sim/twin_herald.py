@@ -157,8 +157,9 @@ class HeraldResult:
 
 
 @numba.njit(cache=True)
-def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off):
-    """Clock each attempt is taken from the queue, whether it was late, its decision clock."""
+def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off, start_now):
+    """Clock each attempt is taken from the queue, whether it was late, its decision clock.
+    Clocks count from reset; the unit's clock counter (``now``) starts at ``start_now``."""
     a = push_clock.shape[0]
     take = np.empty(a, np.int64)
     late = np.zeros(a, np.bool_)
@@ -170,12 +171,12 @@ def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off):
         if rule_off:
             free = q + 1
             continue
-        seen_max = (q - SEEN_LATENCY) * n + n - 1 + d_max
+        seen_max = (q + start_now - SEEN_LATENCY) * n + n - 1 + d_max
         if start[i] <= seen_max:
             late[i] = True
             free = q + 1
             continue
-        x = (last_bin[i] - d_min) // n + SEEN_LATENCY  # every click up to E shown
+        x = (last_bin[i] - d_min) // n - start_now + SEEN_LATENCY  # every click up to E shown
         decided[i] = x + 2  # accumulated at x + 1, the decision registered at x + 2
         free = x + 2  # the deciding clock takes the next attempt
     return take, late, decided
@@ -209,9 +210,10 @@ def _in(times, lo, hi):
 
 
 def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: int,
-            delay_bins, n_clocks: int | None = None) -> HeraldResult:
+            delay_bins, n_clocks: int | None = None, start_now: int = 0) -> HeraldResult:
     """The timestampers' entries (sim.twin.timestamp) -> the herald unit's records and counters.
-    ``n_clocks``: keep what the RTL has delivered before that clock (None: everything)."""
+    ``n_clocks``: keep what the RTL has delivered before that clock (None: everything);
+    ``start_now``: the core's clock counter at reset (entries' clocks count from reset)."""
     s = settings
     n = oversampling
     watched = s.detector_mask | s.veto_mask
@@ -229,7 +231,7 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     last_bin = late_start + s.length_bins - 1 if two else early_end
 
     off = s.rule == RULE_OFF or s.length_bins == 0
-    take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, off)
+    take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, off, start_now)
     if n_clocks is not None:
         attempt_seen = push + 1 < n_clocks  # the registered sync tag pulses ``attempt``
         late &= take < n_clocks

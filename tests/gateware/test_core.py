@@ -175,19 +175,24 @@ def delivered_clocks(core, samples):
     return out
 
 
-def test_isolated_tag_latency_is_fixed_at_eleven_clocks():
-    # capture 1, timestamper 2, FIFO 2, merger tree 3 levels (8 channels), packer 1, output 2
-    cfg = TwinConfig(channels=8, oversampling=4, sys_clk_hz=200_000_000)
+@pytest.mark.parametrize("coincidence,latency", [(True, 12), (False, 11)])
+def test_isolated_tag_latency_is_fixed(coincidence, latency):
+    # capture 1, timestamper 2, FIFO 2, merger tree 3 levels (8 channels), coincidence unit 1
+    # (when built), packer 1, output 2
+    cfg = TwinConfig(channels=8, oversampling=4, sys_clk_hz=200_000_000, coincidence_unit=coincidence)
     k = np.arange(10, 200, 19)  # sample clocks, far apart
     fine = np.arange(len(k)) % 4  # every fine position, bit 0 to bit N-1
     ch = np.arange(len(k)) % 8
     samples = samples_from_pulses(k * 4 + fine, ch, 1, 220, cfg)
-    got = [(c, w) for c, w in delivered_clocks(TimeTaggerCore(channels=8, oversampling=4,
-                                                              sys_clk_hz=200_000_000), samples)
-           if w >> 60 == Kind.TAG]
+    core = TimeTaggerCore(channels=8, oversampling=4, sys_clk_hz=200_000_000,
+                          coincidence=coincidence, herald=coincidence)
+    delivered = delivered_clocks(core, samples)
+    got = [(c, w) for c, w in delivered if w >> 60 == Kind.TAG]
     assert [w & 0xFFFFFFFF for _, w in got] == list(k * 4 + fine)
     assert merge_levels(8) == 3
-    assert [c for c, _ in got] == list(k + 11)
+    assert [c for c, _ in got] == list(k + latency)
+    words = np.array([w for _, w in delivered], np.uint64)
+    np.testing.assert_array_equal(words, Twin(cfg).run(samples=samples).words)
 
 
 @pytest.mark.parametrize("channels", [1, 3, 5])
