@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import zmq
 
@@ -39,7 +40,7 @@ from qnode.firmware.registers import REGISTER_MAP
 from . import api
 from .config import LabConfig, config_text
 from .measurements import CoincidenceCounter, CorrelationHistogram, CountRates, HeraldRate
-from .recorder import RecorderThread
+from .recorder import RecorderThread, recorded_events, recording_files
 
 log = logging.getLogger("qnode.daemon")
 action_log = logging.getLogger("qnode.actions")  # who changed the lab, and how (published on `log`)
@@ -51,6 +52,12 @@ RATES_PERIOD_S = 0.2
 INSTRUMENT_PERIOD_S = 2.0
 SWITCH_INTERVAL_S = 0.0005
 PUB_HWM = 100  # event batches (~1 MB each at most) queued per subscriber before PUB drops for it
+# Live measurements are fed by the acquisition thread: bounded, so no request can stall it or
+# exhaust memory (measure.reset forgets them all).
+MAX_HISTOGRAM_BINS = 1_000_000  # per correlation histogram (8 MB of counts, copied per reply)
+MAX_LIVE_HISTOGRAMS = 64
+MAX_LIVE_COINCIDENCE_SETS = 64  # distinct pattern lists asked for
+MAX_PATTERNS = 64  # per measure.coincidences request
 
 
 class BadParams(ValueError):
@@ -92,34 +99,61 @@ class LinkSource:
 
 class FileSource:
     """Events from a recording, paced like the original (``speed``: x real time, or None for
-    as fast as possible): the daemon runs as a virtual time tagger."""
+    as fast as possible): the daemon runs as a virtual time tagger.
+
+    Given the first file of a rotated recording it plays every file of it in order
+    (``recorder.recording_files``); given another file, that file alone. Tags come from
+    /photon_data, the other events (sync, heralds, coincidences, loss records) from the
+    qnode tables (``recorder.recorded_events``), merged in time order."""
 
     def __init__(self, path: str | Path, speed: float | None = 1.0, chunk_tags: int = 1 << 18):
-        import h5py
-
         self.path = Path(path)
         self.speed = speed
-        self._file = h5py.File(self.path, "r", swmr=True)
-        self._t = self._file["/photon_data/timestamps"]
-        self._d = self._file["/photon_data/detectors"]
-        extra = self._file.get("/qnode/events")
-        self._extra = extra[:] if extra is not None else np.empty(0, EVENT_DTYPE)
-        self._pos = 0
-        self._extra_pos = 0
         self.chunk_tags = chunk_tags
+        self.files = recording_files(self.path) or [self.path]
+        self.tags_total = 0
+        for file in self.files:
+            with h5py.File(file, "r", swmr=True) as f:
+                if not isinstance(f.get("/photon_data/timestamps"), h5py.Dataset) or \
+                        not isinstance(f.get("/photon_data/detectors"), h5py.Dataset):
+                    raise ValueError(f"{file} is not a qnode recording: it has no /photon_data/timestamps "
+                                     "and /photon_data/detectors (docs/formats.md)")
+                self.tags_total += int(f["/photon_data/timestamps"].shape[0])
+        self.tags_played = 0
+        self._next_file = 0
+        self._file = None
+        self._open_next()
         self._t0_wall: float | None = None
         self._t0_ps: int | None = None
         self.finished = False
 
+    def _open_next(self) -> bool:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._next_file >= len(self.files):
+            return False
+        self._file = h5py.File(self.files[self._next_file], "r", swmr=True)
+        self._next_file += 1
+        self._t = self._file["/photon_data/timestamps"]
+        self._d = self._file["/photon_data/detectors"]
+        self._extra = recorded_events(self._file)
+        self._pos = 0
+        self._extra_pos = 0
+        return True
+
     def read(self, timeout_s: float) -> np.ndarray:
-        n = self._t.shape[0]
-        if self._pos >= n and self._extra_pos >= len(self._extra):
+        while self._file is not None and self._pos >= self._t.shape[0] and self._extra_pos >= len(self._extra):
+            self._open_next()
+        if self._file is None:
             self.finished = True
             time.sleep(timeout_s)
             return np.empty(0, EVENT_DTYPE)
+        n = self._t.shape[0]
         stop = min(self._pos + self.chunk_tags, n)
         t = self._t[self._pos:stop]
         ch = self._d[self._pos:stop]
+        self.tags_played += stop - self._pos
         self._pos = stop
         last = t[-1] if len(t) else np.iinfo(np.int64).max
         extra_stop = len(self._extra) if stop >= n else int(np.searchsorted(self._extra["time_ps"], last, "right"))
@@ -146,11 +180,13 @@ class FileSource:
             time.sleep(delay)
 
     def status(self) -> dict:
-        return {"replay": str(self.path), "tags_total": int(self._t.shape[0]), "tags_played": self._pos,
-                "finished": self.finished, "speed": self.speed}
+        return {"replay": str(self.path), "files": [str(p) for p in self.files], "tags_total": self.tags_total,
+                "tags_played": self.tags_played, "finished": self.finished, "speed": self.speed}
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 # --- the daemon ----------------------------------------------------------------------------
@@ -230,6 +266,8 @@ class Daemon:
         self.ctx = zmq.Context()
         self.loops: dict[str, Any] = {}  # name -> qnode.host.loops.Loop, for the loops qnode knows
         self.dashboard = None  # DashboardServer while [dashboard] enabled = true
+        self._last_readings: tuple[float, dict] | None = None  # (time_s, snapshots) of the last poll
+        self._loop_columns: dict[str, list[str]] = {}  # loop -> recorded status fields
         self.dashboard_token = dashboard_token(config)
         self.methods: dict[str, Callable[[dict], Any]] = {
             "ping": self._ping, "status": self._status, "config": self._config, "stop": self._stop_request,
@@ -428,6 +466,27 @@ class Daemon:
                     readings[name] = {"error": f"{type(exc).__name__}: {exc}"}
             if readings:
                 self.publisher.post("instruments", {"readings": readings})
+                self._last_readings = (time.time(), readings)
+                self._record_readings(self.recorder, *self._last_readings)
+
+    @staticmethod
+    def _record_readings(recorder: RecorderThread | None, time_s: float, readings: dict) -> None:
+        """The numbers of instrument snapshots into /qnode/instrument_readings (while recording)."""
+        if recorder is None:
+            return
+        rows = reading_rows(readings)
+        if rows:
+            instrument, quantity, value, unit = zip(*rows)
+            recorder.append_instrument_readings(time_s, list(instrument), list(quantity), list(value), list(unit))
+
+    def _loop_published(self, topic: str, status: dict) -> None:
+        """A loop's status: on the ``loops.<name>`` stream, and a row of /qnode/loops/<name> while
+        recording (the columns declared when the recording started)."""
+        self.publisher.post(topic, status)
+        recorder, columns = self.recorder, self._loop_columns.get(topic[len("loops."):])
+        if recorder is not None and columns:
+            recorder.append_loop_trace(topic[len("loops."):], time.time(),
+                                       **{c: _number(status.get(c)) for c in columns})
 
     # -- control ------------------------------------------------------------------------
 
@@ -567,12 +626,18 @@ class Daemon:
             manifest = None
             if isinstance(self.source, LinkSource) and self.source.tagger.identity is not None:
                 manifest = dict(self.source.tagger.identity.__dict__)
+            # Loop tables are declared up front (an SWMR file gets no new datasets): the numeric
+            # fields of each loop's status now.
+            self._loop_columns = {name: trace_columns(loop.status()) for name, loop in self.loops.items()}
             self.recorder = RecorderThread(
                 path, channel_names=self.channel_names, config_text=config_text(self.config),
                 description=f"qnode recording on {self.config.node.name}",
                 compression=rec_cfg.compression, flush_s=rec_cfg.flush_s, rotate_mb=rec_cfg.rotate_mb,
                 rotate_s=rec_cfg.rotate_s, manifest=manifest,
+                loops={name: cols for name, cols in self._loop_columns.items() if cols},
             )
+            if self._last_readings is not None:  # the instruments as last read, so no file lacks them
+                self._record_readings(self.recorder, *self._last_readings)
             status = self._recording_status()
         log.info("recording to %s", path)
         return status
@@ -618,9 +683,14 @@ class Daemon:
         a, b = _param(params, "channel_a", int), _param(params, "channel_b", int)
         bin_ps, range_ps = _param(params, "bin_ps", int, 100), _param(params, "range_ps", int, 20_000)
         key = (a, b, bin_ps, range_ps)
+        if bin_ps > 0 and range_ps > 0 and 2 * range_ps // bin_ps > MAX_HISTOGRAM_BINS:
+            raise BadParams(f"2 * range_ps / bin_ps = {2 * range_ps // bin_ps:,} bins; at most {MAX_HISTOGRAM_BINS:,}")
         with self._lock:
             hist = self.histograms.get(key)
             if hist is None:
+                if len(self.histograms) >= MAX_LIVE_HISTOGRAMS:
+                    raise _Reply("TooManyMeasurements", f"{len(self.histograms)} correlation histograms are "
+                                 "being filled already; measure.reset forgets them")
                 try:
                     hist = self.histograms[key] = CorrelationHistogram(a, b, bin_ps, range_ps)
                 except ValueError as exc:
@@ -646,9 +716,14 @@ class Daemon:
             patterns = tuple(tuple((tuple(p[0]), int(p[1]), *(p[2:3]))) for p in raw)
         except (TypeError, ValueError, IndexError):
             raise BadParams("patterns: a list of [channels, window_ps] or [channels, window_ps, min_fold]") from None
+        if len(patterns) > MAX_PATTERNS:
+            raise BadParams(f"patterns: {len(patterns)} patterns; at most {MAX_PATTERNS} a request")
         with self._lock:
             counter = self.coincidences.get(patterns)
             if counter is None:
+                if len(self.coincidences) >= MAX_LIVE_COINCIDENCE_SETS:
+                    raise _Reply("TooManyMeasurements", f"{len(self.coincidences)} coincidence pattern lists are "
+                                 "being counted already; measure.reset forgets them")
                 try:
                     counter = self.coincidences[patterns] = CoincidenceCounter(patterns)
                 except (ValueError, TypeError) as exc:
@@ -694,7 +769,7 @@ class Daemon:
             try:
                 self.loops[name] = make_phase_lock_loop(
                     name, entry, reference=reference, actuator=driver.set_voltage_v if driver else None,
-                    publish=self.publisher.post)
+                    publish=self._loop_published)
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("loop %s not started: %s", name, exc)
 
@@ -777,6 +852,47 @@ def dashboard_token(config: LabConfig) -> str | None:
     cfg = config.dashboard
     token = os.environ.get(cfg.token_env) if cfg.token_env else cfg.token
     return token or None
+
+
+# Unit of a snapshot or status key from its suffix (keys carry their units: temperature_a_k).
+UNIT_SUFFIXES = {"_k": "K", "_v": "V", "_mv": "mV", "_ua": "uA", "_ma": "mA", "_a": "A", "_w": "W",
+                 "_mw": "mW", "_dbm": "dBm", "_nm": "nm", "_hz": "Hz", "_s": "s", "_ms": "ms",
+                 "_ps": "ps", "_deg": "deg", "_rad": "rad", "_percent": "%", "_ohm": "ohm", "_per_s": "/s",
+                 "_deg_per_s": "deg/s", "_hz_per_s": "Hz/s"}
+TEXT_STATUS_KEYS = frozenset({"last_error", "stopped_reason"})  # None or a text: not a trace column
+
+
+def _unit(key: str) -> str:
+    return next((UNIT_SUFFIXES[s] for s in sorted(UNIT_SUFFIXES, key=len, reverse=True) if key.endswith(s)), "")
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, (bool, int, float, np.integer, np.floating)):
+        return float(value)
+    return float("nan")
+
+
+def reading_rows(readings: dict) -> list[tuple[str, str, float, str]]:
+    """(instrument, quantity, value, unit) for every number in instrument snapshots: booleans as
+    0/1, lists element by element (``bias_ua[2]``); text, nested tables and names longer than
+    the recording's fields (32 bytes) are left out."""
+    rows = []
+    for instrument, snapshot in readings.items():
+        if not isinstance(snapshot, dict) or len(instrument.encode()) > 32:
+            continue
+        for key, value in snapshot.items():
+            values = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+            for i, v in values:
+                quantity = key if i is None else f"{key}[{i}]"
+                if isinstance(v, (bool, int, float, np.integer, np.floating)) and len(quantity.encode()) <= 32:
+                    rows.append((instrument, quantity, float(v), _unit(key)))
+    return rows
+
+
+def trace_columns(status: dict) -> list[str]:
+    """The fields of a loop's status that are numbers (or not yet known: None), recorded as columns."""
+    return [k for k, v in status.items() if k.isidentifier() and k not in TEXT_STATUS_KEYS and
+            (v is None or isinstance(v, (bool, int, float, np.integer, np.floating)))]
 
 
 def _warm_up_kernels() -> None:

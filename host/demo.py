@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .api import ApiError
 from .client import Client
 from .config import LabConfig
 from .daemon import Daemon
@@ -33,6 +34,20 @@ def pair_channels(cfg: LabConfig) -> tuple[int, int] | None:
     if len(cfg.fpga.channels) >= 2:
         return cfg.fpga.channels[0].index, cfg.fpga.channels[1].index
     return None
+
+
+def _why_no_heralds(node: Client) -> str:
+    """What the time tagger's registers say about a run without heralds."""
+    try:
+        latency = node.call("registers.read", name="herald_latency_clocks")["value"]
+        rule = node.call("registers.read", name="herald_rule")["value"]
+    except (ApiError, TimeoutError):  # an older gateware without the registers, or no register access
+        return " (the time tagger does not say whether it has a herald unit)"
+    if latency == 0:
+        return " (this time tagger reports no herald unit: herald_latency_clocks = 0)"
+    if rule == 0:
+        return " (the herald unit is off: herald_rule = 0; set the herald_* registers, docs/registers.md)"
+    return ""
 
 
 def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Console) -> int:
@@ -68,6 +83,7 @@ def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Co
         g2 = node.call("measure.g2", window_ps=PEAK_WINDOW_PS, **g2_params) if g2_params else None
         heralds = node.call("measure.heralds")
         status = node.call("status")
+        herald_note = "" if heralds["total"] else _why_no_heralds(node)
 
     table = Table(title=f"{cfg.node.name}: {recording['duration_s']:.1f} s recorded")
     for col, justify in (("ch", "right"), ("name", "left"), ("rate", "right")):
@@ -86,8 +102,7 @@ def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Co
             f"pair source {names.get(pair[0])}-{names.get(pair[1])}: g2 peak at {peak:+,.0f} ps, "
             f"{counts[window].sum() / duration_s:,.0f} coincidences/s in +-{PEAK_WINDOW_PS // 2} ps, "
             f"CAR {g2.get('car', float('nan')):.0f}")
-    console.print(f"heralds: {heralds['total']} ({heralds['rate_hz']:.1f} /s)"
-                  + ("" if heralds["total"] else " (this gateware has no herald unit yet)"))
+    console.print(f"heralds: {heralds['total']} ({heralds['rate_hz']:.1f} /s)" + herald_note)
     losses = status["losses"]
     console.print(f"losses: {losses['in_band_events']} events in band, {losses['link_words']} words on the link, "
                   f"{losses['invalid_words']} invalid words, {recording['lost_events']} recorder")

@@ -21,7 +21,9 @@ import h5py
 import numpy as np
 from numba import njit
 
-from qnode.firmware.events import EVENT_DTYPE, HERALD_ATTEMPT_BITS, MAX_CHANNELS, Kind
+from qnode.firmware.events import HERALD_ATTEMPT_BITS, MAX_CHANNELS, Kind
+
+from .recorder import recorded_events
 
 TAG = int(Kind.TAG)
 HERALD = int(Kind.HERALD)
@@ -551,7 +553,8 @@ def measure_file(paths: Paths, measurements: Iterable, chunk_tags: int = FILE_CH
 
     ``paths``: one file, or the files of a rotated recording in order (then the measurements
     run on across the file boundaries as across batches). Tags come from /photon_data;
-    HeraldRate reads the HERALDs in /qnode/events.
+    HeraldRate reads the HERALDs in /qnode/heralds (with the other event tables, whose span
+    is its duration).
     """
     measurements = list(measurements)
     tag_measurements = [m for m in measurements if not isinstance(m, HeraldRate)]
@@ -561,11 +564,11 @@ def measure_file(paths: Paths, measurements: Iterable, chunk_tags: int = FILE_CH
             m.add_tags(time_ps, channel)
     for path in _paths(paths) if heralds else []:
         with h5py.File(path, "r") as f:
-            events = f["/qnode/events"] if "qnode/events" in f else np.empty(0, EVENT_DTYPE)
-            for start in range(0, len(events), chunk_tags):
-                batch = events[start:start + chunk_tags]
-                for m in heralds:
-                    m.add(batch)
+            events = recorded_events(f)  # /qnode/heralds and the other event tables
+        for start in range(0, len(events), chunk_tags):
+            batch = events[start:start + chunk_tags]
+            for m in heralds:
+                m.add(batch)
     return measurements
 
 

@@ -57,6 +57,7 @@ import numba
 import numpy as np
 
 from qnode.firmware.events import (
+    EVENT_DTYPE,
     HERALD_ATTEMPT_BITS,
     LOSS_COUNT_BITS,
     LOSS_COUNT_MAX,
@@ -150,6 +151,51 @@ def recording_files(first: str | Path) -> list[Path]:
         out.append(sequence_path(Path(first), seq))
         seq += 1
     return out
+
+
+def recorded_events(f: h5py.File) -> np.ndarray:
+    """The non-tag events of one recording file (/qnode/sync, heralds, coincidences, loss) as
+    EVENT_DTYPE, time-ordered: what ``Recorder.append`` took apart, put back together, so a
+    replay and the file measurements see the stream the daemon saw. A loss row whose count does
+    not fit a LOSS event's count field (the recorder's own, a whole batch) becomes several LOSS
+    events that add up to it; ``origin`` is not carried (it has no place in an event)."""
+    parts = []
+    q = f.get("qnode")
+
+    def table(name):
+        ds = q.get(name) if q is not None else None
+        return ds[:] if ds is not None and ds.shape[0] else None
+
+    if (rows := table("sync")) is not None:
+        ev = np.zeros(len(rows), EVENT_DTYPE)
+        ev["channel"], ev["kind"], ev["aux"] = rows["channel"], Kind.SYNC, rows["attempt"]
+        ev["time_ps"] = rows["time_ps"]
+        parts.append(ev)
+    if (rows := table("heralds")) is not None:
+        ev = np.zeros(len(rows), EVENT_DTYPE)
+        ev["channel"], ev["kind"] = rows["channel"], Kind.HERALD
+        ev["aux"] = (rows["outcome"].astype(np.uint32) << HERALD_ATTEMPT_BITS) | rows["attempt"]
+        ev["time_ps"] = rows["time_ps"]
+        parts.append(ev)
+    if (rows := table("coincidences")) is not None:
+        ev = np.zeros(len(rows), EVENT_DTYPE)
+        ev["channel"], ev["kind"], ev["aux"] = rows["pattern"], Kind.COINCIDENCE, rows["mask"]
+        ev["time_ps"] = rows["time_ps"]
+        parts.append(ev)
+    if (rows := table("loss")) is not None:
+        pieces = np.maximum(1, -(-rows["count"].astype(np.int64) // LOSS_COUNT_MAX))
+        idx = np.repeat(np.arange(len(rows)), pieces)
+        first = np.cumsum(pieces) - pieces  # index of each row's first piece
+        piece = np.arange(len(idx)) - first[idx]
+        count = np.minimum(rows["count"][idx].astype(np.int64) - piece * LOSS_COUNT_MAX, LOSS_COUNT_MAX)
+        ev = np.zeros(len(idx), EVENT_DTYPE)
+        ev["time_ps"], ev["channel"], ev["kind"] = rows["time_ps"][idx], rows["channel"][idx], Kind.LOSS
+        ev["aux"] = (rows["reason"][idx].astype(np.uint32) << LOSS_COUNT_BITS) | count.astype(np.uint32)
+        parts.append(ev)
+    if not parts:
+        return np.empty(0, EVENT_DTYPE)
+    events = np.concatenate(parts)
+    return events[np.argsort(events["time_ps"], kind="stable")]
 
 
 def _rot(x, k):

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -13,12 +14,12 @@ import numpy as np
 import pytest
 import zmq
 
-from qnode.firmware.events import EVENT_DTYPE, Kind
+from qnode.firmware.events import EVENT_DTYPE, HERALD_ATTEMPT_BITS, Kind
 from qnode.host.api import ApiError
 from qnode.host.client import Client, Subscriber
 from qnode.host.config import load_config
 from qnode.host.daemon import Daemon
-from qnode.host.recorder import clear_status_flags
+from qnode.host.recorder import Recorder, clear_status_flags, recording_files
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,14 @@ def test_status_names_the_source_instruments_and_rates(node):
         ([json.dumps({"id": 6, "method": "measure.g2",
                       "params": {"channel_a": 1, "channel_b": 2, "bin_ps": 0}}).encode()], "BadParams"),
         ([json.dumps({"id": 7, "method": "registers.read", "params": {"name": "no_such"}}).encode()], "KeyError"),
+        ([json.dumps({"id": 8, "method": "measure.g2",  # 2e12 bins: would need 16 TB
+                      "params": {"channel_a": 1, "channel_b": 2, "bin_ps": 1, "range_ps": 10**12}}).encode()],
+         "BadParams"),
+        ([json.dumps({"id": 9, "method": "measure.coincidences", "params": {"patterns": [[[1, 2], 1000]] * 65}}).encode()],
+         "BadParams"),
+        ([json.dumps({"id": 10, "method": "measure.coincidences", "params": {"patterns": [[[1, 99], 1000]]}}).encode()],
+         "BadParams"),
+        ([json.dumps({"id": 11, "method": "record.start", "params": {"path": 5}}).encode()], "BadParams"),
         ([b"{}", b"extra"], "BadRequest"),
         ([b" " * (2 << 20)], "RequestTooLarge"),
     ],
@@ -83,6 +92,20 @@ def test_bad_requests_get_error_replies_and_the_daemon_stays_up(daemon, node, fr
     assert reply["error"]["type"] == error_type, reply
     assert reply["error"]["message"]
     assert node.call("ping")["pong"]
+
+
+def test_live_measurements_are_bounded_and_reset_frees_them(node):
+    node.call("measure.reset")
+    try:
+        for k in range(64):
+            node.call("measure.g2", channel_a=1, channel_b=2, bin_ps=100, range_ps=100 * (k + 1))
+        with pytest.raises(ApiError, match="TooManyMeasurements"):
+            node.call("measure.g2", channel_a=1, channel_b=2, bin_ps=100, range_ps=100 * 65)
+        node.call("measure.g2", channel_a=1, channel_b=2, bin_ps=100, range_ps=100)  # one it fills already
+    finally:
+        node.call("measure.reset")
+    assert node.call("measure.g2", channel_a=1, channel_b=2, bin_ps=100, range_ps=100 * 65)["bin_ps"] == 100
+    node.call("measure.reset")
 
 
 def test_many_concurrent_clients_each_get_their_own_replies(daemon):
@@ -131,6 +154,31 @@ def test_slow_subscriber_sees_its_gaps_and_the_recorder_loses_nothing(daemon, no
     assert rec["dropped_batches"] == 0 and rec["error"] is None
     with h5py.File(path, "r") as f:
         assert f["/photon_data/timestamps"].shape[0] == rec["tags"] > 500_000
+
+
+def test_a_recording_holds_the_instrument_readings_and_the_loop_trace(daemon, node, tmp_path):
+    path = tmp_path / "context.h5"
+    assert node.call("loops.list")["phase_lock"]["implemented"]
+    node.call("loops.start", name="phase_lock")
+    try:
+        node.call("record.start", path=str(path))
+        time.sleep(2.5)  # at least one instrument poll (every 2 s) and many loop statuses (10 Hz)
+        rec = node.call("record.stop")
+    finally:
+        node.call("loops.stop", name="phase_lock")
+    assert rec["dropped_records"] == 0 and rec["dropped_batches"] == 0
+    with h5py.File(path, "r") as f:
+        readings = f["/qnode/instrument_readings"][:]
+        trace = f["/qnode/loops/phase_lock"][:]
+    got = {(r["instrument"].decode(), r["quantity"].decode()): (r["value"], r["unit"].decode()) for r in readings}
+    value, unit = got[("cryostat", "temperature_a_k")]
+    assert unit == "K" and 2.0 < value < 3.0  # the SNSPDs' 2.5 K stage
+    assert got[("stretcher", "voltage_v")][1] == "V"
+    assert ("snspd", "bias_ua[0]") in got and got[("laser", "emission_on")][0] in (0.0, 1.0)
+    assert np.all(np.abs(readings["time_s"] - time.time()) < 60)  # unix time
+    assert len(trace) >= 5 and np.all(np.diff(trace["time_s"]) > 0)
+    assert {"phase_error_deg", "actuator_v", "cycles", "locked"} <= set(trace.dtype.names)
+    assert trace["cycles"][-1] > trace["cycles"][0]
 
 
 def test_event_stream_carries_numpy_batches_in_order(daemon):
@@ -185,16 +233,54 @@ def test_replay_plays_a_recording_through_the_same_api(node, tmp_path):
     rec = node.call("record.stop")
     with h5py.File(path, "r") as f:
         channels = f["/photon_data/detectors"][:]
+        n_heralds = f["/qnode/heralds"].shape[0]
     with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
                 replay=path, replay_speed=None) as replay, Client(replay.control_url) as c:
         deadline = time.monotonic() + 30
         while not replay.source.finished and time.monotonic() < deadline:
             time.sleep(0.1)
         counts = c.call("measure.rates")["counts"]
+        heralds = c.call("measure.heralds")
         with pytest.raises(ApiError, match="NotAvailable"):
             c.call("registers.read", name="bin_ps")
     assert sum(counts.values()) == rec["tags"] == len(channels)
     assert counts["sync"] == np.count_nonzero(channels == 0)
+    assert heralds["total"] == n_heralds  # (the rotated-recording test below has heralds to play)
+
+
+def test_replay_plays_every_file_of_a_rotated_recording(tmp_path):
+    rng = np.random.default_rng(7)
+    events = np.zeros(600_000, EVENT_DTYPE)
+    events["time_ps"] = np.cumsum(rng.exponential(1e6, len(events))).astype(np.int64) // 1000 * 1000
+    events["channel"] = rng.integers(0, 8, len(events))
+    events["kind"] = np.where(rng.random(len(events)) < 0.01, Kind.HERALD, Kind.TAG)
+    events["aux"][events["kind"] == Kind.HERALD] = 1 << HERALD_ATTEMPT_BITS  # outcome 1
+    first = tmp_path / "rotated.h5"
+    with Recorder(first, channel_names={i: f"ch{i}" for i in range(8)}, rotate_mb=0.3) as rec:
+        for batch in np.array_split(events, 3):
+            rec.append(batch)
+    assert len(recording_files(first)) == 3
+    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
+                replay=first, replay_speed=None) as replay, Client(replay.control_url) as c:
+        deadline = time.monotonic() + 60
+        while not replay.source.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+        counts = c.call("measure.rates")["counts"]
+        heralds = c.call("measure.heralds")
+        source = c.call("status")["source"]
+    is_tag = events["kind"] == Kind.TAG
+    assert sum(counts.values()) == source["tags_played"] == source["tags_total"] == np.count_nonzero(is_tag)
+    assert heralds["total"] == heralds["by_outcome"][1] == np.count_nonzero(~is_tag)
+    assert source["files"] == [str(p) for p in recording_files(first)]
+
+
+def test_replay_of_a_file_that_is_not_a_recording_says_so(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.arange(3)
+    with pytest.raises(ValueError, match="other.h5 is not a qnode recording"):
+        Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
+               replay=path).start()
 
 
 def test_daemon_killed_while_recording_leaves_a_readable_file(tmp_path):
@@ -231,3 +317,64 @@ def _has(tool):
     from shutil import which
 
     return which(tool) is not None
+
+
+# --- the command line against the running daemon ------------------------------------------------
+
+
+def qnode(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "qnode.host.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "COLUMNS": "200"})
+
+
+def test_qnode_status_record_and_watch(daemon, tmp_path):
+    out = qnode("status", "--control", daemon.control_url)
+    assert out.returncode == 0, out.stderr
+    assert "sim-node-a" in out.stdout and "sync" in out.stdout and "recording: off" in out.stdout
+    st = json.loads(qnode("status", "--json", "--control", daemon.control_url).stdout)
+    assert st["node"] == "sim-node-a" and st["rates_hz"]["sync"] > 0
+
+    path = tmp_path / "cli.h5"
+    out = qnode("record", "start", "--control", daemon.control_url, "--path", str(path))
+    assert out.returncode == 0 and f"recording to {path}" in out.stdout, out.stderr
+    again = qnode("record", "start", "--control", daemon.control_url)
+    assert again.returncode == 1 and "AlreadyRecording" in again.stderr
+    time.sleep(0.5)
+    out = qnode("record", "stop", "--control", daemon.control_url)
+    assert out.returncode == 0 and f"stopped {path}:" in out.stdout, out.stderr
+    with h5py.File(path, "r") as f:
+        tags = f["/photon_data/timestamps"].shape[0]
+    assert tags > 0 and f"{tags:,} tags" in out.stdout
+    out = qnode("record", "stop", "--control", daemon.control_url)
+    assert out.returncode == 1 and "NotRecording: no recording is running" in out.stderr
+
+    out = qnode("watch", "rates", "--stream", daemon.stream_url, "--count", "2")
+    assert out.returncode == 0, out.stderr
+    assert "sync" in out.stdout and "missed updates" in out.stdout
+
+
+def test_qnode_status_without_a_daemon_says_so():
+    with socket.socket() as s:  # a port nobody serves
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = qnode("status", "--control", f"tcp://127.0.0.1:{port}")
+    assert out.returncode == 1
+    assert f"no reply to 'status' from the daemon at tcp://127.0.0.1:{port}" in out.stderr
+    assert "is `qnode daemon` running?" in out.stderr
+
+
+def test_qnode_replay_plays_a_file_and_ends(daemon, node, tmp_path):
+    path = tmp_path / "for-cli.h5"
+    node.call("record.start", path=str(path))
+    time.sleep(1.0)
+    rec = node.call("record.stop")
+    out = qnode("replay", str(path), "--max", "--control", "tcp://127.0.0.1:0", "--stream", "tcp://127.0.0.1:0")
+    assert out.returncode == 0, out.stderr
+    assert f"replaying {path}: control tcp://127.0.0.1:" in out.stdout
+    assert f"replayed {rec['tags']:,} tags over" in out.stdout
+
+    other = tmp_path / "not-a-recording.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = [1]
+    out = qnode("replay", str(other), "--max", "--control", "tcp://127.0.0.1:0", "--stream", "tcp://127.0.0.1:0")
+    assert out.returncode == 2 and "is not a qnode recording" in out.stderr

@@ -2,7 +2,6 @@
 batches; the correlation of the simulated lab's pair source shows the delay and the CAR the
 physics predicts; the same kernels run on a recorded file."""
 
-import h5py
 import numpy as np
 import pytest
 
@@ -18,6 +17,7 @@ from qnode.host.measurements import (
     correlate_file,
     measure_file,
 )
+from qnode.host.recorder import Recorder
 from qnode.sim.source import PhotonSource
 
 # ---------------------------------------------------------------------------------------
@@ -305,16 +305,24 @@ def test_pair_source_car_matches_the_physics(lab_second):
 
 
 def write_recording(path, events):
-    """The Photon-HDF5 layout of docs/formats.md, written with plain h5py."""
-    t, c = tags_of(events)
-    with h5py.File(path, "w") as f:
-        f["/photon_data/timestamps"] = t
-        f["/photon_data/detectors"] = c
-        f["/qnode/events"] = events[events["kind"] != Kind.TAG]
+    """A recording as the daemon makes it (docs/formats.md): tags in /photon_data, heralds and
+    the other kinds in the /qnode tables."""
+    with Recorder(path, channel_names={i: f"ch{i}" for i in range(8)}) as rec:
+        rec.append(events)
+
+
+def with_herald_outcomes(events, seed):
+    """Heralds with outcome codes 0-3 in aux (psi+ / psi- and others), as the herald unit sets them."""
+    events = events.copy()
+    heralds = events["kind"] == Kind.HERALD
+    rng = np.random.default_rng(seed)
+    events["aux"][heralds] = (rng.integers(0, 4, np.count_nonzero(heralds)).astype(np.uint32) << HERALD_ATTEMPT_BITS
+                              | rng.integers(0, 1 << HERALD_ATTEMPT_BITS, np.count_nonzero(heralds)).astype(np.uint32))
+    return events
 
 
 def test_file_measurements_equal_live_ones(tmp_path):
-    events = random_stream(4)
+    events = with_herald_outcomes(random_stream(4), 4)
     t, c = tags_of(events)
     path = tmp_path / "run.h5"
     write_recording(path, events)
@@ -331,10 +339,11 @@ def test_file_measurements_equal_live_ones(tmp_path):
     np.testing.assert_array_equal(coincidences_file(path, PATTERNS[:2], chunk_tags=10_000),
                                   live[1].counts[:2])
     assert from_file[3].total == np.count_nonzero(events["kind"] == Kind.HERALD) > 0
+    assert np.count_nonzero(from_file[3].counts) >= 2  # by outcome, as live (compared above)
 
 
 def test_a_rotated_recording_measures_as_one_stream(tmp_path):
-    events = random_stream(5)
+    events = with_herald_outcomes(random_stream(5), 5)
     cut_at = len(events) // 3
     paths = [tmp_path / "run.h5", tmp_path / "run_0001.h5"]
     write_recording(paths[0], events[:cut_at])
@@ -344,3 +353,5 @@ def test_a_rotated_recording_measures_as_one_stream(tmp_path):
     np.testing.assert_array_equal(hist.counts, ref_correlation(*tags_of(events), 2, 3, 100, 5000))
     assert counter.counts.tolist() == [ref_coincidences(*tags_of(events), ch, w, f) for ch, w, f in PATTERNS]
     assert heralds.total == np.count_nonzero(events["kind"] == Kind.HERALD)
+    expected = np.bincount(events["aux"][events["kind"] == Kind.HERALD] >> HERALD_ATTEMPT_BITS, minlength=16)
+    np.testing.assert_array_equal(heralds.counts, expected)

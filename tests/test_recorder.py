@@ -104,6 +104,46 @@ def test_layout_photon_hdf5_and_qnode_tables(tmp_path):
         assert q["recording/sequence"][()] == 0
 
 
+def test_recorded_events_give_back_the_non_tag_stream(tmp_path):
+    """What a replay and the file measurements read: every non-tag event as it was appended, and
+    the recorder's own loss rows (counts beyond a LOSS event's 18 bits) as LOSS events that add up."""
+    tags = poisson_tags(50_000, 5e6)
+    rng = np.random.default_rng(3)
+    others = np.zeros(400, EVENT_DTYPE)
+    others["time_ps"] = np.sort(rng.choice(tags["time_ps"], 400)) + 1
+    others["kind"] = rng.choice([Kind.SYNC, Kind.HERALD, Kind.COINCIDENCE, Kind.LOSS], 400)
+    others["channel"] = rng.integers(0, 8, 400)
+    aux = rng.integers(0, 1 << 18, 400).astype(np.uint32)
+    outcome = rng.integers(0, 16, 400).astype(np.uint32)
+    others["aux"] = np.select([others["kind"] == Kind.HERALD, others["kind"] == Kind.LOSS],
+                              [(outcome << 18) | aux, (np.uint32(LossReason.CHANNEL_FIFO) << 18) | aux], aux)
+    events = np.concatenate([tags, others])
+    events = events[np.argsort(events["time_ps"], kind="stable")]
+    path = tmp_path / "run.h5"
+    big = np.zeros(1, recmod.LOSS_DTYPE)
+    big[0] = (events["time_ps"][-1] + 5, 6, LossReason.OUTPUT, 3 * recmod.LOSS_COUNT_MAX + 7, LOSS_ORIGIN_RECORDER)
+    with Recorder(path, channel_names=NAMES) as rec:
+        for batch in np.array_split(events, 5):
+            rec.append(batch)
+        rec.record_loss(big)
+
+    with h5py.File(path, "r") as f:
+        got = recmod.recorded_events(f)
+    assert got.dtype == EVENT_DTYPE and np.all(np.diff(got["time_ps"]) >= 0)
+    def ordered(ev):  # equal times come back grouped by kind: compare as sets of events at each time
+        return ev[np.lexsort((ev["aux"], ev["channel"], ev["kind"], ev["time_ps"]))]
+
+    np.testing.assert_array_equal(ordered(got[:len(others)]), ordered(others))
+    split = got[len(others):]
+    assert split["kind"].tolist() == [Kind.LOSS] * 4 and set(split["channel"]) == {6}
+    assert set(split["aux"] >> 18) == {LossReason.OUTPUT}
+    assert int((split["aux"] & recmod.LOSS_COUNT_MAX).sum()) == 3 * recmod.LOSS_COUNT_MAX + 7
+    empty = tmp_path / "empty.h5"
+    Recorder(empty, channel_names=NAMES).close()
+    with h5py.File(empty, "r") as f:
+        assert recmod.recorded_events(f).shape == (0,)
+
+
 def test_late_loop_and_manifest_continue_in_the_next_file(tmp_path):
     """An SWMR file cannot get new datasets, so a new loop or manifest starts the next file."""
     path = tmp_path / "run.h5"
