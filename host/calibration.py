@@ -240,41 +240,47 @@ def _least_squares(residuals, p: np.ndarray, free: np.ndarray, iterations: int =
 
 def _width_profile(residuals, p: np.ndarray, free: np.ndarray, cost: float,
                    scale: float = 1.0) -> tuple[float, float, float, bool]:
-    """The width's profile: the cost refitted with sigma held at each point of a grid (the
-    other free parameters follow). Returns the 68 % interval (cost within 1 of the best),
-    the 95 % upper bound (within 3.84) and whether the narrowest width the model allows is
-    excluded at 95 %: when it is not, the data only bound the width from above (a jitter far
-    below the tagger's bin hides inside the bins' triangle). ``scale``: the reduced chi-square
-    when above 1 (the same inflation as the other parameters' errors)."""
+    """The width's profile: the cost refitted with sigma held at points of a grid (the other
+    free parameters follow), walking outwards from the best fit until the cost has risen past
+    the 95 % level. Returns the 68 % interval (cost within 1 of the best), the 95 % upper bound
+    (within 3.84) and whether the narrowest width the model allows is excluded at 95 %: when it
+    is not, the data only bound the width from above (a jitter far below the tagger's bin hides
+    inside the bins' triangle). ``scale``: the reduced chi-square when above 1 (the same
+    inflation as the other parameters' errors)."""
     fixed = free.copy()
     fixed[2] = False
     best = float(np.exp(p[2]))
-    grid = np.unique(np.concatenate([np.geomspace(SIGMA_MIN_BINS, 20.0, 25), [best]]))
-    grid = grid[grid <= max(4 * best, 2.0)]
-    excess = []
-    for sigma in grid:
-        q = p.copy()
-        q[2] = math.log(sigma)
-        _, _, c, _ = _least_squares(residuals, q, fixed, iterations=30)
-        excess.append(max(c - cost, 0.0))
-    excess = np.array(excess)
-    i_best = int(np.argmin(excess))
+    limit68, limit95 = scale, 3.84 * scale
+    ratio = 1.25  # grid step in sigma
+    lowest, highest = SIGMA_MIN_BINS, 20.0
 
-    def bound(limit: float, side: int) -> float:
-        # walk from the best point outwards to the first grid point past the limit; interpolate
-        i = i_best
-        while 0 <= i + side < len(grid) and excess[i + side] <= limit:
-            i += side
-        if not 0 <= i + side < len(grid):
-            return float(grid[i])
-        # the excess is quadratic near its minimum: interpolate its square root, not itself
-        x0, x1 = math.log(grid[i]), math.log(grid[i + side])
-        y0, y1 = math.sqrt(excess[i]), math.sqrt(excess[i + side])
-        return float(math.exp(x0 + (math.sqrt(limit) - y0) / (y1 - y0) * (x1 - x0)))
+    def walk(side: int) -> tuple[list[float], list[float]]:
+        sigmas, excess, q, sigma = [best], [0.0], p.copy(), best
+        while excess[-1] <= limit95:
+            sigma = sigma * ratio if side > 0 else sigma / ratio
+            if not lowest * 0.999 <= sigma <= highest:
+                if sigmas[-1] in (lowest, highest):
+                    break
+                sigma = lowest if side < 0 else highest  # the model's end of the range
+            q = q.copy()
+            q[2] = math.log(sigma)
+            q, _, c, _ = _least_squares(residuals, q, fixed, iterations=30)  # warm start from the last point
+            sigmas.append(sigma)
+            excess.append(max(c - cost, 0.0))
+        return sigmas, excess
 
-    low, high, upper95 = bound(scale, -1), bound(scale, +1), bound(3.84 * scale, +1)
-    resolved = bool(excess[0] > 3.84 * scale)
-    return low, high, upper95, resolved
+    def bound(sigmas: list[float], excess: list[float], limit: float) -> float:
+        for i in range(1, len(sigmas)):
+            if excess[i] > limit:
+                # the excess is quadratic near its minimum: interpolate its square root
+                x0, x1 = math.log(sigmas[i - 1]), math.log(sigmas[i])
+                y0, y1 = math.sqrt(excess[i - 1]), math.sqrt(excess[i])
+                return float(math.exp(x0 + (math.sqrt(limit) - y0) / (y1 - y0) * (x1 - x0)))
+        return float(sigmas[-1])  # never past the limit: the end of the model's range
+
+    down, up = walk(-1), walk(+1)
+    resolved = bool(down[1][-1] > limit95)
+    return bound(*down, limit68), bound(*up, limit68), bound(*up, limit95), resolved
 
 
 def fit_peak(hist: CorrelationHistogram, *, shape: str = "gaussian", tail_ps: float | None = None,

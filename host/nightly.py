@@ -77,6 +77,10 @@ class SimulatedBench:
         self._driver = open_instrument(name, entry)
         return EosCounts(self._driver, advance=self.clock.advance)
 
+    def light(self, on: bool) -> None:
+        """The simulated lab's shutter: the bias sweep measures dark counts with it closed."""
+        self.lab.light_on = bool(on)
+
     def phase_lock(self, settings: dict, seconds: float, kicks: list) -> dict:
         run = simulate_lock(self.config, duration_s=seconds, settings=settings, kicks=kicks)
         return {"run": run}
@@ -266,7 +270,7 @@ def _bias(night: Night, bench, previous: dict | None):
         night.results["bias"] = {"skipped": f"{cal.bias_instrument} is simulated inside the daemon's lab"}
         night.skipped.append("bias: the simulated SNSPD controller belongs to the daemon's lab")
         return
-    results = sweep_bias(counts, settings)
+    results = sweep_bias(counts, settings, light=getattr(bench, "light", None))
     night.results["bias"] = {str(r.detector): r.to_dict() for r in results}
     tol = cal.tolerances
     for r in results:
@@ -476,16 +480,27 @@ def _plots(night: Night, report: dict, nights: list[dict], lock_run, report_dir:
         save(fig, "window.png")
     bias = {k: v for k, v in night.results.get("bias", {}).items() if isinstance(v, dict) and "detector" in v}
     if bias:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, (ax, ax_dark) = plt.subplots(1, 2, figsize=(10, 3.5))
         for k, v in bias.items():
             line, = ax.plot(v["bias_ua"], v["rate_hz"], ".-", label=f"detector {k}")
             if v.get("chosen_bias_ua"):
                 ax.axvline(v["chosen_bias_ua"], color=line.get_color(), ls=":")
             if v.get("plateau_start_ua"):
                 ax.axvline(v["plateau_start_ua"], color=line.get_color(), ls="--", alpha=0.5)
+            dark = np.array(v["dark_rate_hz"], float)
+            shown = dark > 0
+            ax_dark.plot(np.array(v["bias_ua"])[shown], dark[shown], ".-", color=line.get_color(),
+                         label=f"detector {k}" + ("" if v.get("dark_measured") else " (excess over plateau)"))
         ax.set_xlabel("bias (uA)")
         ax.set_ylabel("count rate (/s)")
+        ax.set_title("count rate; plateau start --, chosen bias :", fontsize=9)
         ax.legend(fontsize=7)
+        ax_dark.set_yscale("log")
+        ax_dark.set_xlabel("bias (uA)")
+        ax_dark.set_ylabel("dark counts (/s)")
+        ax_dark.set_title("dark counts" + (" (shutter closed)" if any(v.get("dark_measured") for v in bias.values())
+                                           else " (estimated)"), fontsize=9)
+        ax_dark.legend(fontsize=7)
         save(fig, "bias.png")
     if lock_run is not None:
         fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(7, 4.5), sharex=True)
@@ -494,33 +509,55 @@ def _plots(night: Night, report: dict, nights: list[dict], lock_run, report_dir:
             ax1.axvline(t, color="r", ls=":")
         ax1.set_ylabel("residual (deg)")
         ax1.set_ylim(-180, 180)
+        phase = night.results.get("phase", {})
+        relocks = ", ".join("-" if v is None else f"{v:.1f}" for v in phase.get("relock_ms_pi_kicks", []))
+        ax1.set_title(f"true phase - setpoint: {phase.get('phase_rms_deg', float('nan')):.1f} deg RMS locked"
+                      + (f"; relock after the pi kicks (red): {relocks} ms" if relocks else ""), fontsize=9)
         ax2.plot(lock_run.cycle_t_s, lock_run.actuator_v, lw=0.7)
         ax2.set_ylabel("piezo (V)")
         ax2.set_xlabel("time (s, simulated)")
         save(fig, "phase.png")
     if len(nights) >= 1:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+        tol = night.config.calibration.tolerances
+        fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
         x = np.arange(len(nights))
+        labels = [str(n.get("started", ""))[5:16].replace("T", " ") for n in nights]
+        bin_ps = night.results.get("delays", {}).get("bin_ps") or 1000
         keys = sorted({k for n in nights for k in n.get("delay_raw_offset_ps", {})})
         for key in keys:
-            axes[0].plot(x, [n.get("delay_raw_offset_ps", {}).get(key, np.nan) for n in nights], "o-", label=key)
-        axes[0].set_title("pair offsets (ps)")
+            offsets = np.array([n.get("delay_raw_offset_ps", {}).get(key, np.nan) for n in nights], float)
+            first = offsets[np.isfinite(offsets)][0] if np.isfinite(offsets).any() else 0.0
+            axes[0].plot(x, (offsets - first) / bin_ps, "o-", label=f"{key} ({first / 1000:.2f} ns)")
+        axes[0].axhspan(-tol.delay_change_bins, tol.delay_change_bins, color="0.9", zorder=0)
+        axes[0].set_title(f"pair offsets: change (bins; shaded +-{tol.delay_change_bins:g} a night)", fontsize=9)
         if keys:
             axes[0].legend(fontsize=7)
         axes[1].plot(x, [n.get("car") or np.nan for n in nights], "o-")
-        axes[1].set_title("CAR")
-        axes[2].plot(x, [n.get("phase_rms_deg") or np.nan for n in nights], "o-")
-        axes[2].set_title("phase RMS (deg)")
+        axes[1].axhline(tol.car_min, color="r", ls=":")
+        axes[1].set_title(f"CAR (min {tol.car_min:g})", fontsize=9)
+        axes[2].plot(x, [n.get("phase_rms_deg") or np.nan for n in nights], "o-", label="RMS (deg)")
+        axes[2].plot(x, [n.get("relock_ms") or np.nan for n in nights], "s--", label="relock (ms)")
+        axes[2].axhline(tol.phase_rms_max_deg, color="r", ls=":")
+        axes[2].set_title(f"phase lock (limits {tol.phase_rms_max_deg:g} deg, {tol.relock_max_ms:g} ms)", fontsize=9)
+        axes[2].legend(fontsize=7)
         for ax in axes:
-            ax.set_xlabel("night")
+            ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+            ax.set_xlim(-0.5, len(nights) - 0.5)
         save(fig, "drift.png")
 
 
 def _html(report: dict) -> str:
     verdict = {0: "all within tolerance", 1: "OUT OF TOLERANCE", 2: "COULD NOT RUN"}[report["exit_code"]]
     esc = html.escape
+    def shown(value):
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return ", ".join(f"{k}: {shown(v)}" for k, v in value.items())
+        return json.dumps(value, default=_json_default)
+
     rows = "".join(
-        f"<tr><td>{esc(k)}</td><td>{esc(json.dumps(report[k], default=_json_default))}</td></tr>"
+        f"<tr><td>{esc(k)}</td><td>{esc(shown(report[k]))}</td></tr>"
         for k in ("delay_error_bins", "delays_bins", "car", "g2_zero", "window_ps", "bias_fraction", "phase_rms_deg",
                   "relock_ms", "wall_s"))
     drift = "".join(

@@ -49,6 +49,10 @@ class LabModel:
         self.awg_offset_v = 0.0  # Keysight 33500B DC offset, amplified onto the same piezo
         self.awg_output_on = False
         self.awg_to_piezo_gain = awg_to_piezo_gain
+        # A shutter in front of the detectors' fibres: closed, the SNSPD controller's counters
+        # see dark counts only (the bias sweep measures them so). It does not reach the
+        # simulated FPGA's photon source, whose light is set by the config.
+        self.light_on = True
 
     @classmethod
     def for_demo(cls, config=None, speed: float = 1.0) -> "LabModel":
@@ -110,7 +114,7 @@ class LabModel:
     def signal_rate_hz(self, channel: int) -> float:
         """Detected light rate on ``channel`` at nominal efficiency (reference lab figures)."""
         sim = getattr(self.config, "sim", None)
-        if sim is None:
+        if sim is None or not self.light_on:
             return 0.0
         nominal = self.detectors[channel].nominal_efficiency
         rate = 0.0

@@ -190,3 +190,27 @@ def test_bias_sweep_reports_a_sweep_that_never_latches(snspd_lab):
     results = sweep_bias(EosCounts(driver, advance=clock.advance), BiasSweepSettings(stop_ua=11.0))
     assert all(not r.ok and "raise stop_ua" in r.reason for r in results)
     assert driver.bias_currents_ua() == before  # left where they were
+
+
+def test_bias_sweep_with_a_shutter_measures_the_dark_counts_of_the_model(snspd_lab):
+    from qnode.host.bias_sweep import EosCounts, sweep_bias
+    from qnode.sim.snspd import Snspd
+
+    lab, clock, driver = snspd_lab
+    model = Snspd()  # dark counts 100 /s at 10 uA, growing as exp(I / 0.5 uA)
+
+    def shutter(open_: bool):
+        lab.light_on = open_
+
+    results = sweep_bias(EosCounts(driver, advance=clock.advance), light=shutter)
+    assert lab.light_on  # left open
+    for r in results:
+        assert r.ok and r.dark_measured, r.reason
+        for bias_ua, dark_hz, rate_hz in zip(r.bias_ua, r.dark_rate_hz, r.rate_hz):
+            if bias_ua > r.switching_ua:
+                assert dark_hz == 0 and rate_hz == 0  # latched: nothing at all
+                continue
+            expected_hz = model.dark_rate_nominal_hz * math.exp((bias_ua - model.nominal_bias_ua) / 0.5)
+            # one 1 s counter period per step: Poisson
+            assert abs(dark_hz - expected_hz) <= 5 * math.sqrt(expected_hz) + 2, (r.detector, bias_ua, dark_hz)
+            assert dark_hz < rate_hz
