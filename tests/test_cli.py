@@ -23,7 +23,8 @@ def test_run_records_the_simulated_lab_and_prints_rates(tmp_path):
     out = qnode("run", "--seconds", "1.5", "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
     text = out.stdout.replace("\n", "")
-    for expected in ("sync", "spdc_a", "/s", "g2 peak at", "CAR", "heralds:", "losses: 0 events in band"):
+    for expected in ("sync", "spdc_a", "/s", "g2 peak at", "CAR", "heralds:", "losses: 0 events in band",
+                     "dashboard http://127.0.0.1:"):
         assert expected in text, expected
     files = list(tmp_path.glob("*.h5"))
     assert len(files) == 1 and files[0].name in text
