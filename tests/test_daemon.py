@@ -129,6 +129,19 @@ def test_many_concurrent_clients_each_get_their_own_replies(daemon):
     assert not errors and len(done) == 8
 
 
+def test_config_and_instruments_through_the_api(daemon, node):
+    assert node.call("config")["node"]["name"] == "sim-node-a"
+    listed = node.call("instruments.list")
+    assert listed["open"] == ["cryostat", "laser", "powermeter", "snspd", "stretcher"] and listed["unavailable"] == {}
+    assert 2.0 < node.call("instruments.snapshot", name="cryostat")["temperature_a_k"] < 3.0
+    with pytest.raises(ApiError, match="NotAvailable: instrument 'oven': not in this config"):
+        node.call("instruments.snapshot", name="oven")
+    with Subscriber(daemon.stream_url, topics=["instruments"]) as sub:
+        msg = sub.receive(timeout_s=10)  # polled every 2 s
+    assert msg is not None and msg[0] == "instruments"
+    assert msg[1]["readings"]["laser"]["wavelength_nm"] > 0 and isinstance(msg[1]["seq"], int)
+
+
 def test_registers_through_the_api(node):
     assert node.call("registers.write", name="scratch", value=1234)["value"] == 1234
     assert node.call("registers.read", name="scratch")["value"] == 1234
