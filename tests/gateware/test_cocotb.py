@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from qnode.gateware.herald import PIN_LATENCY
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "cocotb"
 SEED_COUNT = 5
@@ -101,6 +103,7 @@ def test_core_matches_twin_on_verilator(oversampling, channels, cocotb_seeds, tm
             "QNODE_FIFO_DEPTH": str(FIFO_DEPTH), "QNODE_OUTPUT_DEPTH": str(OUTPUT_DEPTH),
             "QNODE_START_NOW": str(start_now(oversampling)), "QNODE_CLOCKS": str(CLOCKS),
             "QNODE_SEEDS": ",".join(map(str, cocotb_seeds)), "QNODE_RESULTS": str(results),
+            "QNODE_PIN_LATENCY": str(PIN_LATENCY),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")])),
         },
         log_file=tmp_path / "sim.log")
@@ -108,14 +111,32 @@ def test_core_matches_twin_on_verilator(oversampling, channels, cocotb_seeds, tm
     total, failed = get_results(Path(xml))
     events = sum(r["events_compared"] for r in records)
     losses = [sum(r["loss_by_reason"][i] for r in records) for i in range(3)]
+    lab = [r for r in records if r["kind"] == "lab"]
+    latencies = sorted({lat for r in lab for lat in r["latencies_clocks"]})
+    clock_ns = 1e9 / CONFIGS[oversampling, channels]
     summary = dict(oversampling=oversampling, channels=channels, seeds=cocotb_seeds,
                    cases=len(records), events_compared=events,
+                   heralds_compared=sum(r["heralds_compared"] for r in records),
+                   coincidences_compared=sum(r["coincidences_compared"] for r in records),
+                   heralds_decided=sum(r["heralds"] for r in records),
+                   herald_latencies_measured=sum(r["latencies_measured"] for r in records),
+                   herald_latency_clocks=latencies,
+                   herald_latency_ns=[lat * clock_ns for lat in latencies],
                    mismatches=sum(r["mismatches"] for r in records),
+                   counter_mismatches=sum(r["counter_mismatches"] for r in records),
                    loss_records_by_reason=dict(zip(["CHANNEL_FIFO", "SAME_CLOCK", "OUTPUT"], losses)))
     print(f"\ncocotb scoreboard {json.dumps(summary)}")
     (BUILD / f"scoreboard_n{oversampling}_c{channels}.json").write_text(json.dumps(summary, indent=2))
     assert failed == 0 and total == 1, f"cocotb failed; see {tmp_path / 'sim.log'} (seeds {cocotb_seeds})"
-    assert len(records) == SEED_COUNT * 3
+    assert len(records) == SEED_COUNT * 4
     assert summary["mismatches"] == 0
+    # heralds: every one compared as a word or counted as lost, the pin rose for every one,
+    # and the latency was the same number of clocks on every herald of every seed
+    assert all(r["pin_rises_match_twin"] for r in records), [r for r in records if not r["pin_rises_match_twin"]]
+    assert all(r["latencies_measured"] == r["heralds"] for r in records)
+    assert all(r["heralds"] >= 20 for r in lab), lab
+    assert latencies == [PIN_LATENCY], latencies
+    assert PIN_LATENCY * clock_ns <= 100
+    assert summary["coincidences_compared"] > 0
     # the stimulus must really exercise every loss path, or the comparison proves less
     assert all(n > 0 for n in losses), summary
