@@ -266,6 +266,7 @@ class Daemon:
         self.ctx = zmq.Context()
         self.loops: dict[str, Any] = {}  # name -> qnode.host.loops.Loop, for the loops qnode knows
         self.dashboard = None  # DashboardServer while [dashboard] enabled = true
+        self._recording_error_logged = None  # the RecorderThread whose stop was logged
         self._last_readings: tuple[float, dict] | None = None  # (time_s, snapshots) of the last poll
         self._loop_columns: dict[str, list[str]] = {}  # loop -> recorded status fields
         self.dashboard_token = dashboard_token(config)
@@ -433,8 +434,8 @@ class Daemon:
                 h.add(events)
             for c in self.coincidences.values():
                 c.add(events)
-            if self.recorder is not None:
-                self.recorder.put(events)
+            if self.recorder is not None and not self.recorder.put(events):
+                self._recording_refused()
         for loop in self.loops.values():
             if loop.running and hasattr(loop, "feed"):
                 loop.feed(events)
@@ -442,6 +443,14 @@ class Daemon:
         heralds = events[events["kind"] == Kind.HERALD]
         if len(heralds):
             self.publisher.publish("heralds", {"count": len(heralds)}, {"heralds": heralds})
+
+    def _recording_refused(self) -> None:
+        """A batch the recorder did not take: if the recording has stopped (a full disk), say so
+        once on the log (and so on the `log` stream and the dashboard)."""
+        error = self.recorder.recorder.error
+        if error is not None and self._recording_error_logged is not self.recorder:
+            self._recording_error_logged = self.recorder
+            log.error("%s", error)
 
     def _publish_rates(self) -> None:
         with self._lock:

@@ -228,6 +228,40 @@ def test_g2_and_coincidences_on_the_live_stream(node):
     assert coinc["counts"][0] > 1000
 
 
+def test_a_full_disk_stops_the_recording_with_a_clear_error_and_a_readable_file(daemon, node, tmp_path):
+    """A real 3 MB filesystem: below the recorder's 64 MB margin at once, so the recording stops
+    and closes its file properly; the daemon says why (status, log stream) and stays up."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mnt)]).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        path = mnt / "full.h5"
+        with Subscriber(daemon.stream_url, topics=["log"]) as sub:
+            sub.receive(timeout_s=0.5)  # let the subscription reach the daemon
+            node.call("record.start", path=str(path))
+            deadline = time.monotonic() + 30
+            while node.call("record.status").get("error") is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            error = node.call("record.status")["error"]
+            assert "recording stopped: the disk is nearly full" in error and str(path) in error
+            errors = []
+            for _ in range(200):
+                msg = sub.receive(timeout_s=10)
+                assert msg is not None, "no ERROR line on the log stream"
+                if msg[1]["level"] == "ERROR":
+                    errors.append(msg[1]["message"])
+                    break
+            assert "the disk is nearly full" in errors[0]
+        final = node.call("record.stop")
+        assert final["error"] and final["path"] == str(path)
+        with h5py.File(path, "r") as f:  # closed properly: any reader opens it
+            assert f["/photon_data/timestamps"].shape[0] == final["flushed_tags"]
+        assert node.call("ping")["pong"]
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
 def test_record_twice_is_refused_and_stop_without_start_too(node, tmp_path):
     node.call("record.start", path=str(tmp_path / "a.h5"))
     try:
