@@ -96,6 +96,39 @@ def test_actuator_rewinds_by_whole_fringes_before_a_rail():
     assert np.median(late) < 3.0
 
 
+def test_lock_loss_is_declared_then_a_new_sweep_and_the_lock_comes_back():
+    # The stretcher stops answering (a cable off) with the phase 120 deg from the setpoint: the
+    # error stays out of range. After lost_after_cycles the lock is 'relocking' (one lock loss
+    # counted), after relock_sweep_cycles it sweeps again; reconnected, the sweep finds the fringe.
+    lock = PhaseLock(PhaseLockSettings(actuator_tau_s=0.0))
+    s = lock.settings
+    theta, n, v2pi = 0.3, 200, 4.0
+    states, errors = [], []
+
+    def cycle(phase):
+        e = 0.95 * math.cos(phase)
+        lock.update(round(n * (1 + e) / 2), round(n * (1 - e) / 2))
+        states.append(lock.state)
+
+    for _ in range(200):
+        phase = theta + 2 * math.pi * lock.command_v / v2pi
+        cycle(phase)
+    assert lock.state == "locked" and lock.relocks == 0
+    stuck = phase + math.radians(120)
+    for _ in range(40):
+        cycle(stuck)
+    lost = states[200:240]
+    assert lost[: s.lost_after_cycles - 1] == ["locked"] * (s.lost_after_cycles - 1)
+    assert lost[s.lost_after_cycles - 1] == "relocking" and lock.relocks == 1
+    assert lost.index("acquiring") == s.relock_sweep_cycles - 1
+    for _ in range(300):
+        phase = theta + 2 * math.pi * lock.command_v / v2pi
+        cycle(phase)
+        errors.append(float(wrap_rad(phase - math.radians(s.setpoint_deg))))
+    assert lock.state == "locked" and lock.relocks == 1
+    assert np.median(np.degrees(np.abs(errors[-100:]))) < 5.0
+
+
 def test_bad_settings_are_refused_with_the_reason():
     with pytest.raises(ValueError, match="actuator range"):
         PhaseLock({"rail_low_v": 0.0, "rail_high_v": 10.0})
