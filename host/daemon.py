@@ -106,10 +106,12 @@ class FileSource:
     /photon_data, the other events (sync, heralds, coincidences, loss records) from the
     qnode tables (``recorder.recorded_events``), merged in time order."""
 
-    def __init__(self, path: str | Path, speed: float | None = 1.0, chunk_tags: int = 1 << 18):
+    def __init__(self, path: str | Path, speed: float | None = 1.0, chunk_tags: int = 1 << 18,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.path = Path(path)
         self.speed = speed
         self.chunk_tags = chunk_tags
+        self._clock, self._sleep = clock, sleep  # wall time, for pacing
         self.files = recording_files(self.path) or [self.path]
         self.tags_total = 0
         for file in self.files:
@@ -147,7 +149,7 @@ class FileSource:
             self._open_next()
         if self._file is None:
             self.finished = True
-            time.sleep(timeout_s)
+            self._sleep(timeout_s)
             return np.empty(0, EVENT_DTYPE)
         n = self._t.shape[0]
         stop = min(self._pos + self.chunk_tags, n)
@@ -173,11 +175,11 @@ class FileSource:
         if self.speed is None or not len(events):
             return
         if self._t0_wall is None:
-            self._t0_wall, self._t0_ps = time.monotonic(), int(events["time_ps"][0])
+            self._t0_wall, self._t0_ps = self._clock(), int(events["time_ps"][0])
         due = self._t0_wall + (int(events["time_ps"][-1]) - self._t0_ps) * 1e-12 / self.speed
-        delay = due - time.monotonic()
+        delay = due - self._clock()
         if delay > 0:
-            time.sleep(delay)
+            self._sleep(delay)
 
     def status(self) -> dict:
         return {"replay": str(self.path), "files": [str(p) for p in self.files], "tags_total": self.tags_total,

@@ -18,7 +18,7 @@ from qnode.firmware.events import EVENT_DTYPE, HERALD_ATTEMPT_BITS, Kind
 from qnode.host.api import ApiError
 from qnode.host.client import Client, Subscriber
 from qnode.host.config import load_config
-from qnode.host.daemon import Daemon
+from qnode.host.daemon import Daemon, FileSource
 from qnode.host.recorder import Recorder, clear_status_flags, recording_files
 
 
@@ -319,6 +319,33 @@ def test_replay_plays_every_file_of_a_rotated_recording(tmp_path):
     assert sum(counts.values()) == source["tags_played"] == source["tags_total"] == np.count_nonzero(is_tag)
     assert heralds["total"] == heralds["by_outcome"][1] == np.count_nonzero(~is_tag)
     assert source["files"] == [str(p) for p in recording_files(first)]
+
+
+@pytest.mark.parametrize("speed", [1.0, 4.0])
+def test_replay_keeps_the_recorded_pace(tmp_path, speed):
+    """At ``speed`` x real time each batch is handed over when its last event is due: on a
+    clock that only the replay's own sleeps move, the whole file takes span / speed."""
+    rng = np.random.default_rng(11)
+    events = np.zeros(20_000, EVENT_DTYPE)
+    events["time_ps"] = np.cumsum(rng.exponential(1e8, len(events))).astype(np.int64)  # 10 kHz: 2 s
+    events["channel"], events["kind"] = 1, Kind.TAG
+    path = tmp_path / "paced.h5"
+    with Recorder(path, channel_names={1: "a"}) as rec:
+        rec.append(events)
+    now = [100.0]
+    source = FileSource(path, speed=speed, chunk_tags=1000, clock=lambda: now[0],
+                        sleep=lambda s: now.__setitem__(0, now[0] + s))
+    handed = []
+    while not source.finished:
+        batch = source.read(0.05)
+        if len(batch):
+            handed.append((now[0], int(batch["time_ps"][-1])))
+    source.close()
+    span_s = (events["time_ps"][-1] - events["time_ps"][0]) * 1e-12
+    wall = np.array([w for w, _ in handed]) - 100.0
+    due = (np.array([t for _, t in handed]) - events["time_ps"][0]) * 1e-12 / speed
+    np.testing.assert_allclose(wall, due, atol=1e-9)  # never early, never later than due
+    assert wall[-1] == pytest.approx(span_s / speed) and len(handed) == 20
 
 
 def test_replay_of_a_file_that_is_not_a_recording_says_so(tmp_path):
