@@ -168,6 +168,20 @@ def load_history(path: Path) -> list[dict]:
         raise RuntimeError(f"{path}: not a calibration history ({exc}); move it away to start a new one") from None
 
 
+def _new_directory(root: Path, name: str) -> Path:
+    """``root/name``, or ``name-2``, ``name-3`` ... when a run in the same second took it: a
+    report is never written over another."""
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = root / (name if i == 1 else f"{name}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"{root}: 999 reports named {name}; clean up the report directory")
+
+
 def _previous(history: list[dict]) -> dict | None:
     for night in reversed(history):
         if night.get("exit_code") in (EXIT_OK, EXIT_OUT_OF_TOLERANCE):
@@ -202,8 +216,7 @@ def run_nightly(config: LabConfig, *, daemon_url: str | None = None, stream_url:
     started = dt.datetime.now().astimezone()
     night = Night(config, started.isoformat(timespec="seconds"))
     out_root = Path(out_dir or cal.report_directory)
-    report_dir = out_root / f"{config.node.name}-{started:%Y%m%d-%H%M%S}"
-    report_dir.mkdir(parents=True, exist_ok=True)
+    report_dir = _new_directory(out_root, f"{config.node.name}-{started:%Y%m%d-%H%M%S}")
     history_path = Path(history_path or cal.history)
     try:
         history = load_history(history_path)

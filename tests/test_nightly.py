@@ -157,3 +157,13 @@ def test_the_command_exits_0_then_1_on_drift_then_2_without_a_lab(tmp_path):
     # a night that could not run leaves the history alone: tomorrow compares with the drifted night
     nights = json.loads((tmp_path / "history.json").read_text())["nights"]
     assert [n["exit_code"] for n in nights] == [0, 1]
+
+
+def test_two_runs_in_the_same_second_keep_both_reports(tmp_path):
+    from qnode.host.nightly import _new_directory
+
+    first = _new_directory(tmp_path / "reports", "sim-node-a-20261201-030000")
+    (first / "report.json").write_text("{}")
+    second = _new_directory(tmp_path / "reports", "sim-node-a-20261201-030000")
+    assert second != first and second.name == "sim-node-a-20261201-030000-2"
+    assert (first / "report.json").read_text() == "{}"
