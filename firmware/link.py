@@ -166,8 +166,9 @@ class FrameParser:
         while True:
             start = buf.find(MAGIC, pos)
             if start < 0:
-                # Keep a trailing first magic byte: the second may come in the next read.
-                keep = 1 if buf.endswith(MAGIC[:1]) else 0
+                # Keep a trailing first magic byte: the second may come in the next read. Only
+                # one not yet consumed: the last byte of a frame just taken may be 0x51 too.
+                keep = 1 if len(buf) > pos and buf[-1] == MAGIC[0] else 0
                 self.stats.bytes_skipped += len(buf) - pos - keep
                 pos = len(buf) - keep
                 break
