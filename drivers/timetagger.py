@@ -3,8 +3,11 @@
 Opens any pyserial URL: ``/dev/ttyUSB0`` (the ULX3S FTDI UART), ``socket://127.0.0.1:PORT``
 (the simulated FPGA), ``loop://`` (tests). Opening identifies the device and refuses one that
 speaks another protocol version. Registers are read and written by their names in the firmware
-register map. ``read_events`` returns numpy batches of decoded events; words lost on the link
-come back as LOSS records (reason LINK, channel ``LINK_LOSS_CHANNEL``) with their exact count.
+register map, or through typed methods with units in their names (``set_delay_ps``,
+``set_dead_time_ps``, ``set_edge``, ``set_enabled``, ``apply_channels``,
+``set_coincidence_pattern``, ``set_herald_rule``, the counters). ``read_events`` returns numpy
+batches of decoded events; words lost on the link come back as LOSS records (reason LINK,
+channel ``LINK_LOSS_CHANNEL``) with their exact count.
 
 Every call has a finite timeout. A broken link (device unplugged, server restarted) is reopened
 with capped backoff on the next call; the words that went missing meanwhile are counted.
@@ -32,6 +35,32 @@ log = logging.getLogger(__name__)
 LINK_LOSS_CHANNEL = MAX_CHANNELS - 1  # link losses belong to no one input: channel 63
 READ_CHUNK = 1 << 16
 BACKOFF_S = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
+
+
+EDGES = ("rising", "falling")  # ts_edge values
+HERALD_RULES = ("off", "single_click", "two_click")  # herald_rule values
+CHANNEL_COUNTERS = {"tags": "ts_tag_count", "same_clock_lost": "ts_same_clock_lost",
+                    "fifo_lost": "ts_fifo_lost", "output_lost": "ts_output_lost"}
+
+
+@dataclass(frozen=True)
+class CoincidenceSetting:
+    channels: list[int]
+    window_ps: int
+    min_fold: int  # 0: all of the channels
+    emit: bool  # each counted window also streams as a COINCIDENCE word
+
+
+@dataclass(frozen=True)
+class HeraldSetting:
+    rule: str  # one of HERALD_RULES
+    sync_channel: int
+    detectors: list[int]  # the lowest one's click is psi+
+    veto: list[int]
+    offset_ps: int  # window start after the sync tag
+    length_ps: int
+    late_ps: int  # two-click rule: late window start after the early one
+    pin_clocks: int
 
 
 @dataclass
@@ -144,6 +173,186 @@ class TimeTagger:
         address = REGISTER_MAP.address(name, index)
         reply = self._request(link.FrameType.REG_WRITE, link.reg_write_payload(address, value))
         return link.struct.unpack("<HI", reply.payload)[1]
+
+    # -- typed settings: units in the names, the register map underneath -----------------
+    #
+    # Each setter checks its value against the register before anything is sent (ValueError
+    # naming the range in the caller's units), writes, and returns what the device reads back,
+    # converted to the same units (a time rounds to whole bins: bin_ps each).
+
+    def _channel(self, channel: int) -> int:
+        channels = self.identity.channels if self.identity is not None else REGISTER_MAP["ts_enable"].count
+        if not 0 <= channel < channels:
+            raise ValueError(f"{self.name}: channel {channel} outside 0..{channels - 1}")
+        return channel
+
+    def _bins(self, register: str, value_ps: float, what: str) -> int:
+        bins = round(value_ps / self.bin_ps)
+        top = REGISTER_MAP[register].mask
+        if not 0 <= bins <= top:
+            raise ValueError(f"{self.name}: {what} {value_ps} ps outside 0..{top * self.bin_ps} ps "
+                             f"({register}: {REGISTER_MAP[register].width} bits of {self.bin_ps} ps); nothing was sent")
+        return bins
+
+    def set_delay_ps(self, channel: int, delay_ps: float) -> int:
+        """Delay added to every timestamp of ``channel``; returns the delay applied, in ps."""
+        bins = self._bins("ts_delay_bins", delay_ps, "delay")
+        return self.write_register("ts_delay_bins", bins, self._channel(channel)) * self.bin_ps
+
+    def delay_ps(self, channel: int) -> int:
+        return self.read_register("ts_delay_bins", self._channel(channel)) * self.bin_ps
+
+    def set_dead_time_ps(self, channel: int, dead_time_ps: float) -> int:
+        """Hold-off after each recorded edge of ``channel``; returns the dead time applied, in ps."""
+        bins = self._bins("ts_dead_time_bins", dead_time_ps, "dead time")
+        return self.write_register("ts_dead_time_bins", bins, self._channel(channel)) * self.bin_ps
+
+    def dead_time_ps(self, channel: int) -> int:
+        return self.read_register("ts_dead_time_bins", self._channel(channel)) * self.bin_ps
+
+    def set_edge(self, channel: int, edge: str) -> str:
+        """Which edge of ``channel`` is an event: "rising" or "falling"."""
+        if edge not in EDGES:
+            raise ValueError(f"{self.name}: edge {edge!r} is not one of {', '.join(EDGES)}; nothing was sent")
+        return EDGES[self.write_register("ts_edge", EDGES.index(edge), self._channel(channel))]
+
+    def edge(self, channel: int) -> str:
+        return EDGES[self.read_register("ts_edge", self._channel(channel))]
+
+    def set_enabled(self, channel: int, enabled: bool) -> bool:
+        return bool(self.write_register("ts_enable", int(bool(enabled)), self._channel(channel)))
+
+    def enabled(self, channel: int) -> bool:
+        return bool(self.read_register("ts_enable", self._channel(channel)))
+
+    def apply_channels(self, channels) -> dict[int, dict]:
+        """Write each channel of a lab config's ``[[fpga.channels]]`` (delay_ps, dead_time_ps,
+        edge, enabled); returns what the device reads back, per channel index."""
+        applied = {}
+        for ch in channels:
+            applied[ch.index] = {"delay_ps": self.set_delay_ps(ch.index, ch.delay_ps),
+                                 "dead_time_ps": self.set_dead_time_ps(ch.index, ch.dead_time_ps),
+                                 "edge": self.set_edge(ch.index, ch.edge),
+                                 "enabled": self.set_enabled(ch.index, ch.enabled)}
+        return applied
+
+    def channel_counters(self) -> dict[str, list[int]]:
+        """Per channel: tags recorded and events lost (same clock, channel FIFO, output); wrap at 2^32."""
+        n = self.identity.channels
+        return {name: self._read_block(register, n) for name, register in CHANNEL_COUNTERS.items()}
+
+    def clear_counters(self) -> None:
+        """Zero the timestamper's, the coincidence unit's and the herald unit's counters."""
+        for register in ("ts_counters_clear", "coinc_counters_clear", "herald_counters_clear"):
+            self.write_register(register, 1)
+
+    def set_coincidence_pattern(self, pattern: int, channels, window_ps: float, *, min_fold: int = 0,
+                                emit: bool = False) -> CoincidenceSetting:
+        """Pattern ``pattern`` counts windows of ``window_ps`` in which ``min_fold`` distinct
+        ``channels`` click (0: all of them); ``emit`` also streams each as a COINCIDENCE word."""
+        pattern = self._pattern(pattern)
+        channels = sorted({self._channel(c) for c in channels})
+        if not channels:
+            raise ValueError(f"{self.name}: coincidence pattern {pattern} needs at least one channel "
+                             "(disable_coincidence_pattern turns it off); nothing was sent")
+        if not 0 <= min_fold <= len(channels):
+            raise ValueError(f"{self.name}: min_fold {min_fold} outside 0..{len(channels)} for channels "
+                             f"{channels}; nothing was sent")
+        window_bins = self._bins("coinc_window_bins", window_ps, "coincidence window")
+        emit_bits = self.read_register("coinc_emit")
+        emit_bits = emit_bits | (1 << pattern) if emit else emit_bits & ~(1 << pattern)
+        self.write_register("coinc_mask", 0, pattern)  # off while it changes: no half-set pattern counts
+        self.write_register("coinc_window_bins", window_bins, pattern)
+        self.write_register("coinc_min_fold", min_fold, pattern)
+        self.write_register("coinc_emit", emit_bits)
+        self.write_register("coinc_mask", sum(1 << c for c in channels), pattern)
+        return self.coincidence_pattern(pattern)
+
+    def disable_coincidence_pattern(self, pattern: int) -> None:
+        self.write_register("coinc_mask", 0, self._pattern(pattern))
+
+    def coincidence_pattern(self, pattern: int) -> CoincidenceSetting:
+        pattern = self._pattern(pattern)
+        mask = self.read_register("coinc_mask", pattern)
+        return CoincidenceSetting(
+            channels=[c for c in range(REGISTER_MAP["coinc_mask"].width) if mask >> c & 1],
+            window_ps=self.read_register("coinc_window_bins", pattern) * self.bin_ps,
+            min_fold=self.read_register("coinc_min_fold", pattern),
+            emit=bool(self.read_register("coinc_emit") >> pattern & 1))
+
+    def coincidence_counts(self) -> list[int]:
+        """Windows counted by each pattern (wraps at 2^32)."""
+        return self._read_block("coinc_count", REGISTER_MAP["coinc_count"].count)
+
+    def _pattern(self, pattern: int) -> int:
+        count = REGISTER_MAP["coinc_mask"].count
+        if not 0 <= pattern < count:
+            raise ValueError(f"{self.name}: coincidence pattern {pattern} outside 0..{count - 1}")
+        return pattern
+
+    def set_herald_rule(self, rule: str, *, sync_channel: int = 0, detectors=(), veto=(),
+                        offset_ps: float = 0, length_ps: float = 0, late_ps: float = 0,
+                        pin_clocks: int = 1) -> HeraldSetting:
+        """The herald unit's rule ("off", "single_click", "two_click"), the channel whose tags
+        start attempts, the heralding detectors, veto channels, and the window(s) after the sync
+        tag; every value is checked before the first write."""
+        if rule not in HERALD_RULES:
+            raise ValueError(f"{self.name}: herald rule {rule!r} is not one of {', '.join(HERALD_RULES)}; "
+                             "nothing was sent")
+        sync_channel = self._channel(sync_channel)
+        if sync_channel > REGISTER_MAP["herald_sync_channel"].mask:
+            raise ValueError(f"{self.name}: herald sync channel {sync_channel} does not fit its register")
+        detectors = sorted({self._channel(c) for c in detectors})
+        veto = sorted({self._channel(c) for c in veto})
+        if rule != "off" and not detectors:
+            raise ValueError(f"{self.name}: herald rule {rule!r} needs at least one detector; nothing was sent")
+        if not 0 <= pin_clocks <= REGISTER_MAP["herald_pin_clocks"].mask:
+            raise ValueError(f"{self.name}: herald pin_clocks {pin_clocks} outside "
+                             f"0..{REGISTER_MAP['herald_pin_clocks'].mask}; nothing was sent")
+        values = {
+            "herald_sync_channel": sync_channel,
+            "herald_detector_mask": sum(1 << c for c in detectors),
+            "herald_veto_mask": sum(1 << c for c in veto),
+            "herald_offset_bins": self._bins("herald_offset_bins", offset_ps, "herald window offset"),
+            "herald_length_bins": self._bins("herald_length_bins", length_ps, "herald window length"),
+            "herald_late_bins": self._bins("herald_late_bins", late_ps, "herald late-window offset"),
+            "herald_pin_clocks": pin_clocks,
+        }
+        self.write_register("herald_rule", 0)  # off while the windows change
+        for register, value in values.items():
+            self.write_register(register, value)
+        self.write_register("herald_rule", HERALD_RULES.index(rule))
+        return self.herald_rule()
+
+    def herald_rule(self) -> HeraldSetting:
+        def channels(mask):
+            return [c for c in range(REGISTER_MAP["herald_detector_mask"].width) if mask >> c & 1]
+
+        rule = self.read_register("herald_rule")
+        return HeraldSetting(
+            rule=HERALD_RULES[rule] if rule < len(HERALD_RULES) else str(rule),
+            sync_channel=self.read_register("herald_sync_channel"),
+            detectors=channels(self.read_register("herald_detector_mask")),
+            veto=channels(self.read_register("herald_veto_mask")),
+            offset_ps=self.read_register("herald_offset_bins") * self.bin_ps,
+            length_ps=self.read_register("herald_length_bins") * self.bin_ps,
+            late_ps=self.read_register("herald_late_bins") * self.bin_ps,
+            pin_clocks=self.read_register("herald_pin_clocks"))
+
+    def herald_counts(self) -> dict[str, int | list[int]]:
+        """Attempts, heralds per outcome (psi+, psi-, two-click same, two-click different), vetoed,
+        late and lost attempts (wrap at 2^32), and the unit's fixed latency in clocks."""
+        return {"attempts": self.read_register("herald_attempt_count"),
+                "success": self._read_block("herald_success_count", REGISTER_MAP["herald_success_count"].count),
+                "vetoed": self.read_register("herald_veto_count"),
+                "late": self.read_register("herald_late_count"),
+                "lost": self.read_register("herald_lost_count"),
+                "latency_clocks": self.read_register("herald_latency_clocks")}
+
+    def _read_block(self, name: str, count: int) -> list[int]:
+        """``count`` consecutive registers of one array in one REG_READ."""
+        reply = self._request(link.FrameType.REG_READ, link.reg_read_payload(REGISTER_MAP.address(name), count))
+        return link.parse_reg_data(reply.payload)[1]
 
     # -- events -------------------------------------------------------------------------
 

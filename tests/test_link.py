@@ -69,6 +69,19 @@ def test_a_corrupted_frame_is_counted_and_the_next_one_recovered():
     assert parser.stats.bytes_skipped == len(b"\x00garbage") + len(a)
 
 
+def test_a_frame_whose_crc_ends_in_the_first_magic_byte_leaves_nothing_behind():
+    """A frame's last CRC byte can be 0x51, the first byte of the magic: it belongs to the frame,
+    so nothing is pending and nothing was skipped (found by the split test above)."""
+    seq = next(s for s in range(256) if link.encode_frame(link.FrameType.REG_DATA, s, b"")[-1] == link.MAGIC[0])
+    frame = link.encode_frame(link.FrameType.REG_DATA, seq, b"")
+    parser = link.FrameParser()
+    assert [f.seq for f in parser.feed(frame)] == [seq]
+    assert parser.stats.bytes_skipped == 0 and parser.pending_bytes == 0
+    # ... while a lone 0x51 after a frame is kept: the magic's second byte may be on its way
+    assert [f.seq for f in parser.feed(frame + link.MAGIC[:1])] == [seq] and parser.pending_bytes == 1
+    assert [f.seq for f in parser.feed(frame[1:])] == [seq] and parser.stats.bytes_skipped == 0
+
+
 def test_crc_is_crc32_iso_hdlc_over_header_and_payload():
     frame = link.encode_frame(link.FrameType.HELLO, 7, b"")
     assert frame[:2] == link.MAGIC
@@ -403,3 +416,74 @@ def test_mangled_event_streams_never_invent_an_event_and_count_every_lost_word(c
         assert all(received) and tagger.stats.bytes_skipped == link.MAX_PAYLOAD + 100
     elif not all(received):
         assert tagger.stats.bytes_skipped > link.MAX_PAYLOAD + 100 or cut is not None
+
+
+# --- typed settings over the link ---------------------------------------------------------------
+
+
+def test_channel_settings_in_ps_reach_their_registers_in_bins(server, config):
+    with TimeTagger(server.url, timeout_s=2.0) as tagger:
+        assert tagger.set_delay_ps(3, 12_400) == 12_000  # whole 1000 ps bins
+        assert tagger.read_register("ts_delay_bins", 3) == 12 and tagger.delay_ps(3) == 12_000
+        assert tagger.set_delay_ps(0, 49_000_000) == 49_000_000  # the scenario's 49 us reaches
+        assert tagger.set_dead_time_ps(2, 20_000) == 20_000 and tagger.read_register("ts_dead_time_bins", 2) == 20
+        assert tagger.set_edge(4, "falling") == "falling" and tagger.read_register("ts_edge", 4) == 1
+        assert tagger.edge(3) == "rising"
+        assert tagger.set_enabled(5, False) is False and tagger.read_register("ts_enable", 5) == 0
+        applied = tagger.apply_channels(config.fpga.channels)  # the config's own settings back
+        assert applied[2]["dead_time_ps"] == 8000 and applied[5]["enabled"] is True
+        assert tagger.dead_time_ps(2) == 8000 and tagger.enabled(5) and tagger.edge(4) == "rising"
+        counters = tagger.channel_counters()
+        assert set(counters) == {"tags", "same_clock_lost", "fifo_lost", "output_lost"}
+        assert len(counters["tags"]) == 8
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda t: t.set_delay_ps(1, 70_000_000), r"delay 70000000 ps outside 0..65535000 ps"),
+    (lambda t: t.set_delay_ps(1, -1000), r"outside 0\.\."),
+    (lambda t: t.set_dead_time_ps(8, 1000), r"channel 8 outside 0..7"),
+    (lambda t: t.set_edge(1, "both"), r"edge 'both' is not one of rising, falling"),
+    (lambda t: t.set_coincidence_pattern(8, [1, 2], 1000), r"pattern 8 outside 0..7"),
+    (lambda t: t.set_coincidence_pattern(0, [1, 2], 1000, min_fold=3), r"min_fold 3 outside 0..2"),
+    (lambda t: t.set_coincidence_pattern(0, [], 1000), r"at least one channel"),
+    (lambda t: t.set_herald_rule("single_click", detectors=[3, 4], length_ps=1e9), r"herald window length"),
+    (lambda t: t.set_herald_rule("three_click", detectors=[3]), r"'three_click' is not one of"),
+    (lambda t: t.set_herald_rule("single_click", detectors=[]), r"needs at least one detector"),
+])
+def test_a_setting_out_of_range_is_refused_before_anything_is_sent(server, call, message):
+    from qnode.firmware.registers import Access
+
+    device = server.server.device
+
+    def settings():  # the RW registers (the counters move on their own)
+        return {a: v for a, v in device.registers.items() if device._access[a] == Access.RW}
+
+    with TimeTagger(server.url, timeout_s=2.0) as tagger:
+        before = settings()
+        seq = tagger._seq
+        with pytest.raises(ValueError, match=message):
+            call(tagger)
+        assert tagger._seq == seq  # no request went out
+        assert settings() == before
+
+
+def test_coincidence_patterns_and_herald_rules_round_trip(server):
+    with TimeTagger(server.url, timeout_s=2.0) as tagger:
+        got = tagger.set_coincidence_pattern(0, [2, 1], window_ps=2_000, min_fold=2, emit=True)
+        assert (got.channels, got.window_ps, got.min_fold, got.emit) == ([1, 2], 2_000, 2, True)
+        assert tagger.read_register("coinc_mask", 0) == 0b110 and tagger.read_register("coinc_window_bins", 0) == 2
+        tagger.set_coincidence_pattern(1, [3, 4], window_ps=1_000)
+        assert tagger.read_register("coinc_emit") == 0b01  # pattern 1 does not emit; pattern 0 still does
+        tagger.disable_coincidence_pattern(0)
+        assert tagger.coincidence_pattern(0).channels == [] and len(tagger.coincidence_counts()) == 8
+
+        rule = tagger.set_herald_rule("single_click", sync_channel=0, detectors=[4, 3], offset_ps=49_000_000,
+                                      length_ps=10_000, pin_clocks=4)
+        assert rule.rule == "single_click" and rule.detectors == [3, 4] and rule.veto == []
+        assert (rule.offset_ps, rule.length_ps, rule.pin_clocks) == (49_000_000, 10_000, 4)
+        assert tagger.read_register("herald_rule") == 1 and tagger.read_register("herald_detector_mask") == 0b11000
+        assert tagger.read_register("herald_offset_bins") == 49_000
+        assert tagger.set_herald_rule("off").rule == "off"
+        counts = tagger.herald_counts()
+        assert len(counts["success"]) == 4 and counts["attempts"] >= 0
+        tagger.clear_counters()
