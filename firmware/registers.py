@@ -158,8 +158,9 @@ TIMESTAMPER = [
              "edges lost because the channel FIFO was full (LOSS reason CHANNEL_FIFO; wraps)",
              unit="events", **_CH),
     Register("ts_output_lost", 0x0170, 32, Access.RO, 0,
-             "events of this channel dropped at the packer output: tags, and the counts of loss "
-             "records that could not be sent, all re-reported as LOSS reason OUTPUT (wraps)",
+             "events of this channel dropped at the packer output: tags, HERALD words whose "
+             "deciding click was on it, COINCIDENCE words its tag completed, and the counts of "
+             "loss records that could not be sent, all re-reported as LOSS reason OUTPUT (wraps)",
              unit="events", **_CH),
     Register("ts_counters_clear", 0x0180, 1, Access.WO, 0,
              "write 1: zero every ts_*_count and ts_*_lost counter"),
@@ -223,7 +224,9 @@ HERALD = [
              "when the unit took them (windows too close together, or offset too small)",
              unit="events"),
     Register("herald_lost_count", 0x0317, 32, Access.RO, 0,
-             "attempts lost because 64 were already in flight (wraps)", unit="events"),
+             "attempts lost because 64 were already in flight, and heralds that found the "
+             "packer's herald queue full (cannot happen by design; docs/gateware.md) (wraps)",
+             unit="events"),
     Register("herald_latency_clocks", 0x0318, 8, Access.RO, 0,
              "clocks from the sample word holding the attempt's last window bin to the herald pin "
              "(fixed; 0: no herald unit in this build)", unit="clocks"),
