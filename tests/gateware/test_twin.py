@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qnode.firmware.events import decode_words
-from qnode.sim.twin import Twin, TwinConfig, edges_from_pulses, samples_from_pulses
+from qnode.sim.twin import Twin, TwinConfig, edges_from_pulses, edges_from_samples, samples_from_pulses
 
 
 @pytest.mark.parametrize("spacing_bins,seed", [(200, 1), (12, 2), (3, 3)])
@@ -69,3 +69,27 @@ def test_fast_path_equals_clock_by_clock_with_a_padded_merger_tree(channels):
     clocks = int(t.max()) // 4 + 3000
     slow = Twin(cfg).run(edges=edges, n_clocks=clocks, ready=np.ones(clocks, bool))
     np.testing.assert_array_equal(fast.words, slow.words)
+
+
+@pytest.mark.parametrize("emit", [0, 0b1011])
+def test_fast_path_equals_clock_by_clock_with_heralds_and_coincidences(emit):
+    # the time-compressed lab: heralds reach the packer between entries, coincidences counted
+    # (emit 0: the one-step paths run) or emitted as words (clock by clock between idle jumps)
+    import importlib.util
+    from dataclasses import replace
+    from pathlib import Path
+
+    path = Path(__file__).with_name("lab_stimulus.py")
+    spec = importlib.util.spec_from_file_location("qnode_lab_stimulus", path)
+    ls = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ls)
+    cfg, samples = ls.lab_case(7, oversampling=8, sys_clk_hz=125_000_000, n_clocks=40_000,
+                               fifo_depth=16, output_depth=16)
+    cfg = replace(cfg, coinc_emit=emit)
+    edges = edges_from_samples(samples, cfg)
+    fast = Twin(cfg).run(edges=edges)
+    slow = Twin(cfg).run(edges=edges, n_clocks=len(samples), ready=np.ones(len(samples), bool))
+    np.testing.assert_array_equal(fast.words, slow.words)
+    for name, values in slow.unit_counters.items():
+        assert list(fast.unit_counters[name]) == list(values), name
+    assert len(slow.heralds.clock) > 300 and slow.unit_counters["coinc_count"][0] > 100
