@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -359,8 +360,10 @@ def test_replay_of_a_file_that_is_not_a_recording_says_so(tmp_path):
 
 def test_daemon_killed_while_recording_leaves_a_readable_file(tmp_path):
     control, stream = "tcp://127.0.0.1:25755", "tcp://127.0.0.1:25756"
-    proc = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "daemon", "--control", control,
-                             "--stream", stream], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    config = Path(__file__).resolve().parents[1] / "lab_configs" / "sim.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "daemon", "--config", str(config),
+                             "--control", control, "--stream", stream],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert "control tcp://127.0.0.1:25755" in proc.stdout.readline()
         path = tmp_path / "killed.h5"
