@@ -79,8 +79,8 @@ def test_status_names_the_source_instruments_and_rates(node):
         ([json.dumps({"id": 8, "method": "measure.g2",  # 2e12 bins: would need 16 TB
                       "params": {"channel_a": 1, "channel_b": 2, "bin_ps": 1, "range_ps": 10**12}}).encode()],
          "BadParams"),
-        ([json.dumps({"id": 9, "method": "measure.coincidences", "params": {"patterns": [[[1, 2], 1000]] * 65}}).encode()],
-         "BadParams"),
+        ([json.dumps({"id": 9, "method": "measure.coincidences",
+                      "params": {"patterns": [[[1, 2], 1000]] * 65}}).encode()], "BadParams"),
         ([json.dumps({"id": 10, "method": "measure.coincidences", "params": {"patterns": [[[1, 99], 1000]]}}).encode()],
          "BadParams"),
         ([json.dumps({"id": 11, "method": "record.start", "params": {"path": 5}}).encode()], "BadParams"),
