@@ -47,7 +47,7 @@ class Fpga(Strict):
     baud: int = Field(3_000_000, gt=0)
     sys_clk_hz: int = Field(125_000_000, gt=0)
     oversampling: Literal[4, 8] = 8
-    channels: list[Channel]
+    channels: list[Channel] = Field(min_length=1)
 
     @property
     def bin_ps(self) -> int:

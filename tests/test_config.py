@@ -99,3 +99,10 @@ def test_every_config_key_is_documented():
     missing = [f"{m.__name__}.{key}" for m in models for key in m.model_fields
                if f"`{key}`" not in doc and f".{key}" not in doc]  # keys, or sub-tables [a.key]
     assert not missing, f"docs/configuration.md does not describe: {missing}"
+
+
+def test_an_fpga_without_channels_is_refused_at_load(tmp_path):
+    path = tmp_path / "no_channels.toml"
+    path.write_text("[fpga]\nboard = 'sim'\nchannels = []\n")
+    with pytest.raises(ConfigError, match=rf"^{path}: fpga.channels: List should have at least 1 item"):
+        load_config(path)

@@ -1,6 +1,7 @@
 """The link protocol and the time-tagger driver, against the simulated FPGA over real TCP."""
 
 import asyncio
+import re
 import threading
 import time
 import zlib
@@ -487,3 +488,48 @@ def test_coincidence_patterns_and_herald_rules_round_trip(server):
         counts = tagger.herald_counts()
         assert len(counts["success"]) == 4 and counts["attempts"] >= 0
         tagger.clear_counters()
+
+
+# --- `qnode sim fpga` as a user runs it ----------------------------------------------------------
+
+
+def test_sim_fpga_command_serves_the_twin_to_the_host_driver_in_another_process():
+    import os
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "sim", "fpga", "--port", "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        ready, _, _ = select.select([process.stdout], [], [], 120)  # generous: a shared machine
+        line = process.stdout.readline() if ready else ""
+        match = re.search(r"simulated FPGA on (socket://127\.0\.0\.1:\d+) \(protocol (\d+), gateware ([0-9a-f]{16}), "
+                          r"8 channels, 1000 ps bins", line)
+        assert match, line
+        with TimeTagger(match.group(1), timeout_s=5.0) as tagger:
+            assert tagger.identity.protocol_version == int(match.group(2)) == PROTOCOL_VERSION
+            assert tagger.identity.gateware_hash == match.group(3) and tagger.identity.board == "sim"
+            events = np.empty(0)
+            while len(events) == 0:
+                events = tagger.read_events(0.5)
+            assert tagger.decode_stats.invalid_words == 0
+        process.send_signal(signal.SIGINT)
+        assert process.wait(30) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(5)
+
+
+def test_sim_fpga_command_names_a_bad_config(tmp_path):
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[fpga]\nboard = 'sim'\nchannels = []\n")
+    out = subprocess.run([sys.executable, "-m", "qnode.host.cli", "sim", "fpga", "--config", str(bad), "--seconds", "1"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "bad.toml" in out.stderr
