@@ -214,6 +214,10 @@ class PhotonSource:
                 table = self._jitter_table(det.jitter_ps)
                 fresh += table[self.rng.integers(0, len(table), len(fresh), dtype=np.uint16)]
             fresh += det.cable_delay_ps
+            if t0 < self._guard_ps and len(fresh):
+                # The lab's clock starts at 0: a click that jitter would put before it (the sync
+                # pulse at t = 0, an early dark count) is recorded at 0, never at a negative time.
+                np.maximum(fresh, 0, out=fresh)
             # Sorted runs with jitter-sized disorder: timsort merges them in near-linear time.
             merged.sort(kind="stable")
             clicks, self._pending[ch] = det.click(merged, cut)
