@@ -64,6 +64,13 @@ def _merge_two_into(t1, c1, t2, c2, t, c):
             j += 1
 
 
+@njit(cache=True)
+def _jitter_and_delay(times, table, draws, delay_ps):
+    """times[i] += table[draws[i]] + delay_ps, in one pass (the same sums numpy would make)."""
+    for i in range(times.shape[0]):
+        times[i] += table[draws[i]] + delay_ps
+
+
 def merge_channels(runs: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Merge per-channel sorted (times, channels) runs into CLICK_DTYPE, smallest first (Huffman
     order), so the dense sync channel is copied once and sparse channels a few times."""
@@ -212,8 +219,10 @@ class PhotonSource:
             fresh = merged[len(self._pending[ch]):]  # a view: jitter and delay the new arrivals
             if det.jitter_ps > 0 and len(fresh):
                 table = self._jitter_table(det.jitter_ps)
-                fresh += table[self.rng.integers(0, len(table), len(fresh), dtype=np.uint16)]
-            fresh += det.cable_delay_ps
+                draws = self.rng.integers(0, len(table), len(fresh), dtype=np.uint16)
+                _jitter_and_delay(fresh, table, draws, det.cable_delay_ps)
+            else:
+                fresh += det.cable_delay_ps
             if t0 < self._guard_ps and len(fresh):
                 # The lab's clock starts at 0: a click that jitter would put before it (the sync
                 # pulse at t = 0, an early dark count) is recorded at 0, never at a negative time.
