@@ -17,6 +17,13 @@ window also becomes a record right behind the entry that completed it: channel =
 ``entry.time`` = the click that opened the window, ``entry.count`` = the mask of the channels
 that had clicked in it (exactly min_fold of them), ``coincidence`` = 1. Several patterns
 completed by one tag leave in pattern order, one per clock, holding the merger meanwhile.
+
+Timing: per tag and pattern the unit makes one compare (the tag against the window's last bin,
+a register set when the window opened) and one 5-bit compare (channels seen so far, a register
+kept with the mask, against the fold needed, registered from the settings). Settings therefore
+take effect a clock after they are written, and a window keeps the length it opened with:
+change them while no tags flow (as the host does, with the channels disabled or the core in
+reset).
 """
 
 from amaranth import Cat, Module, Mux, Signal
@@ -106,24 +113,34 @@ class CoincidenceUnit(wiring.Component):
         bit = Signal(MASK_BITS)
         m.d.comb += bit.eq(1 << arriving.channel)
 
+        # Per pattern, kept short for timing: the window's last bin ``close`` = opened + window
+        # is a register set when the window opens (one compare, no subtract, per tag), the
+        # number of distinct channels seen so far is a register kept with ``seen`` (no popcount
+        # per tag), and the fold needed is registered from the settings. (Settings are static
+        # while tags flow: a window keeps the length it opened with.)
         completes = []
         for p in range(p_n):
-            member = (self.masks[p] & bit).any() & is_tag
-            need = Mux(self.min_folds[p] == 0, sum(self.masks[p][i] for i in range(MASK_BITS)),
-                       self.min_folds[p])
-            outside = ~is_open[p] | (t - opened[p] > self.windows[p])
-            new_seen = Signal(MASK_BITS, name=f"new_seen_{p}")
-            m.d.comb += new_seen.eq(Mux(outside, bit, seen[p] | bit))
-            fold_before = sum(seen[p][i] for i in range(MASK_BITS))
-            fold_after = sum(new_seen[i] for i in range(MASK_BITS))
+            member = Signal(name=f"member_{p}")
+            m.d.comb += member.eq((self.masks[p] & bit).any() & is_tag)
+            need = Signal(FOLD_BITS, name=f"need_{p}")
+            m.d.sync += need.eq(Mux(self.min_folds[p] == 0,
+                                    sum(self.masks[p][i] for i in range(MASK_BITS)),
+                                    self.min_folds[p]))
+            close = Signal(len(t) + 1, name=f"close_{p}")
+            fold = Signal(FOLD_BITS, name=f"fold_{p}")  # distinct channels in seen[p]
+            outside = Signal(name=f"outside_{p}")
+            m.d.comb += outside.eq(~is_open[p] | (t > close))
+            fresh = Signal(name=f"fresh_{p}")  # this tag's channel is new to the open window
+            m.d.comb += fresh.eq(~(seen[p] & bit).any())
             done = Signal(name=f"completes_{p}")
-            m.d.comb += done.eq(member & (fold_after == need)
-                                & (outside | (fold_before != fold_after)))
+            m.d.comb += done.eq(member & Mux(outside, need == 1, fresh & (fold + 1 == need)))
             completes.append(done)
             with m.If(take & self.merged.valid & member):
-                m.d.sync += seen[p].eq(new_seen)
                 with m.If(outside):
-                    m.d.sync += [opened[p].eq(t), is_open[p].eq(1)]
+                    m.d.sync += [opened[p].eq(t), close.eq(t + self.windows[p]),
+                                 is_open[p].eq(1), seen[p].eq(bit), fold.eq(1)]
+                with m.Else():
+                    m.d.sync += [seen[p].eq(seen[p] | bit), fold.eq(fold + fresh)]
 
         fire = Signal(p_n)
         m.d.comb += fire.eq(Cat(completes))

@@ -28,6 +28,7 @@ def run(stream, patterns, emit=None, ready_every=1, loss=None):
             ctx.set(dut.windows[p], window)
             ctx.set(dut.min_folds[p], fold)
         ctx.set(dut.emit, emit)
+        await ctx.tick()  # the fold each pattern needs is registered from the settings
         i = clock = 0
         idle = 0
         while idle < 12 and clock < 40 * expected_rows:
