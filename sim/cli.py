@@ -16,7 +16,8 @@ def sim():
               help="simulated seconds per wall-clock second")
 @click.option("--any-port", is_flag=True, help="let the OS pick free TCP ports instead of the configured ones")
 @click.option("--fpga-port", type=int, default=None,
-              help="TCP port of the simulated FPGA (default: the port of a socket://127.0.0.1:P link, else any free port)")
+              help="TCP port of the simulated FPGA (default: the port of a socket://127.0.0.1:P link, "
+                   "else any free port)")
 @click.option("--no-fpga", is_flag=True, help="serve the instruments only, not the simulated FPGA")
 def lab(config_file, seconds, speed, any_port, fpga_port, no_fpga):
     """Serve every instrument the config marks sim = true, and the simulated FPGA of a

@@ -529,7 +529,7 @@ def test_sim_fpga_command_names_a_bad_config(tmp_path):
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[fpga]\nboard = 'sim'\nchannels = []\n")
-    out = subprocess.run([sys.executable, "-m", "qnode.host.cli", "sim", "fpga", "--config", str(bad), "--seconds", "1"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "qnode.host.cli", "sim", "fpga", "--config", str(bad),
+                          "--seconds", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert "bad.toml" in out.stderr

@@ -51,7 +51,8 @@ def test_sim_lab_command_prints_the_table_and_stops(tmp_path):
                          ("stretcher", "mdt694b"), ("powermeter", "pm100")]:
         assert re.search(rf"{name}\s*│\s*{driver}", result.output), result.output
     assert re.search(r"/dev/pts/\d+", result.output)
-    assert re.search(r"fpga\s*│\s*timetagger\s*│\s*tcp\s*│\s*socket://127\.0\.0\.1:\d+", result.output), result.output
+    fpga_row = r"fpga\s*│\s*timetagger\s*│\s*tcp\s*│\s*socket://127\.0\.0\.1:\d+"
+    assert re.search(fpga_row, result.output), result.output
     assert "stopped" in result.output
 
 
@@ -164,7 +165,8 @@ def test_sim_lab_process_serves_another_process_and_stops_on_ctrl_c():
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         output = ""
-        deadline = time.monotonic() + 90.0  # generous: the machine is shared (the FPGA loads its kernels); not a timing assertion
+        # generous: the machine is shared and the FPGA loads its kernels; not a timing assertion
+        deadline = time.monotonic() + 90.0
         while "running" not in output and time.monotonic() < deadline:
             ready, _, _ = select.select([process.stdout], [], [], 0.5)
             if ready:
