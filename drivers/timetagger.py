@@ -5,7 +5,8 @@ Opens any pyserial URL: ``/dev/ttyUSB0`` (the ULX3S FTDI UART), ``socket://127.0
 speaks another protocol version. Registers are read and written by their names in the firmware
 register map, or through typed methods with units in their names (``set_delay_ps``,
 ``set_dead_time_ps``, ``set_edge``, ``set_enabled``, ``apply_channels``,
-``set_coincidence_pattern``, ``set_herald_rule``, the counters). ``read_events`` returns numpy
+``set_coincidence_pattern``, ``set_herald_rule``, the counters); ``apply_config`` writes a lab
+config's whole ``[fpga]`` (channels, coincidence patterns, herald rule). ``read_events`` returns numpy
 batches of decoded events; words lost on the link come back as LOSS records (reason LINK,
 channel ``LINK_LOSS_CHANNEL``) with their exact count.
 
@@ -235,6 +236,32 @@ class TimeTagger:
                                  "edge": self.set_edge(ch.index, ch.edge),
                                  "enabled": self.set_enabled(ch.index, ch.enabled)}
         return applied
+
+    def apply_config(self, fpga) -> dict:
+        """Write a lab config's ``[fpga]`` settings: every channel's input switched off first (no
+        tags flow while the units change, as docs/gateware.md asks), the coincidence patterns
+        (the ones the config does not name switched off), the herald rule, then each channel
+        (delay, dead time, edge, enabled), and the counters zeroed. Times round to whole bins
+        (nearest, ties to even). Returns what the device reads back."""
+        herald = fpga.herald
+        channels = fpga.herald_channels()
+        patterns = [(p, fpga.coincidence_channels(p), c) for p, c in enumerate(fpga.coincidence)]
+        for ch in fpga.channels:
+            self.set_enabled(ch.index, False)
+        self.write_register("coinc_emit", 0)
+        coincidence = []
+        for p, chans, pattern in patterns:
+            coincidence.append(self.set_coincidence_pattern(p, chans, pattern.window_ps, min_fold=pattern.min_fold,
+                                                            emit=pattern.emit))
+        for p in range(len(patterns), REGISTER_MAP["coinc_mask"].count):
+            self.disable_coincidence_pattern(p)
+        applied_herald = self.set_herald_rule(
+            herald.rule, sync_channel=channels["sync_channel"], detectors=channels["detectors"],
+            veto=channels["veto"], offset_ps=herald.offset_ps, length_ps=herald.length_ps,
+            late_ps=herald.late_ps, pin_clocks=fpga.pin_clocks())
+        applied_channels = self.apply_channels(fpga.channels)
+        self.clear_counters()
+        return {"channels": applied_channels, "coincidence": coincidence, "herald": applied_herald}
 
     def channel_counters(self) -> dict[str, list[int]]:
         """Per channel: tags recorded and events lost (same clock, channel FIFO, output); wrap at 2^32."""

@@ -41,6 +41,61 @@ class Channel(Strict):
     enabled: bool = True
 
 
+ChannelRef = int | str  # a channel of [[fpga.channels]], by index or by name
+
+HERALD_RULES = ("off", "single_click", "two_click")  # the herald_rule register's values, in order
+COINCIDENCE_PATTERNS = 8  # the coincidence unit's patterns (coinc_mask[0..7])
+
+
+def to_bins(value_ps: int, bin_ps: int) -> int:
+    """A time in ps as whole bins of the FPGA: the nearest bin, a tie to the even one (Python's
+    ``round``, what the host driver writes); so a setting moves by at most half a bin."""
+    return round(value_ps / bin_ps)
+
+
+class Herald(Strict):
+    """The herald unit (docs/gateware.md, "Herald unit"): which rule decides an attempt, the
+    channel whose tags start attempts, and the window(s) after each sync tag."""
+
+    rule: Literal["off", "single_click", "two_click"] = Field(
+        "off", description="off: attempts counted only; single_click: exactly one detector click in the "
+        "window; two_click: exactly one in the early and one in the late window (Barrett-Kok)")
+    sync_channel: ChannelRef = Field(0, description="channel whose tags are the attempts")
+    detectors: list[ChannelRef] = Field(default_factory=list,
+                                        description="heralding detectors; the lowest index is psi+")
+    veto: list[ChannelRef] = Field(default_factory=list, description="a click on any of these cancels the herald")
+    offset_ps: int = Field(0, ge=0, description="window start after the sync tag (delays included)")
+    length_ps: int = Field(0, ge=0, description="window length: clicks at start .. start + length - 1 bin count")
+    late_ps: int = Field(0, ge=0, description="two_click: the late window's start after the early one's")
+    pin_ns: float = Field(8.0, ge=0, description="herald pin pulse length (whole clocks; 0 keeps the pin low)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.rule != "off" and not self.detectors:
+            raise ValueError(f"rule {self.rule!r} needs detectors (the heralding detectors' channels)")
+        if self.rule != "off" and self.length_ps == 0:
+            raise ValueError(f"rule {self.rule!r} needs length_ps > 0 (a window of no length decides nothing)")
+        if self.rule == "two_click" and self.late_ps < self.length_ps:
+            raise ValueError(f"two_click: late_ps ({self.late_ps}) must be at least length_ps ({self.length_ps}): "
+                             "the late window starts after the early one ends")
+        return self
+
+
+class Coincidence(Strict):
+    """One pattern of the coincidence unit (docs/gateware.md, "Coincidence unit")."""
+
+    channels: list[ChannelRef] = Field(min_length=1, description="the pattern's channels, by name or index")
+    window_ps: int = Field(ge=0, description="a window holds clicks up to this long after the one that opened it")
+    min_fold: int = Field(0, ge=0, description="distinct channels that must click in a window; 0: all of them")
+    emit: bool = Field(False, description="each counted window also streams as a COINCIDENCE event")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_fold > len(self.channels):
+            raise ValueError(f"min_fold {self.min_fold} is more than the pattern's {len(self.channels)} channels")
+        return self
+
+
 class Fpga(Strict):
     board: str = Field("sim", description='"sim" for the simulated FPGA, or an amaranth-boards name such as "ulx3s"')
     link: str = Field("sim://", description="pyserial URL of the link: /dev/ttyUSB0, socket://HOST:PORT; sim:// starts the twin in-process")
@@ -48,10 +103,25 @@ class Fpga(Strict):
     sys_clk_hz: int = Field(125_000_000, gt=0)
     oversampling: Literal[4, 8] = 8
     channels: list[Channel] = Field(min_length=1)
+    herald: Herald = Field(default_factory=Herald, description="the herald unit's rule and windows")
+    coincidence: list[Coincidence] = Field(default_factory=list, max_length=COINCIDENCE_PATTERNS,
+                                           description="the coincidence unit's patterns, 0 first")
 
     @property
     def bin_ps(self) -> int:
         return 10**12 // (self.sys_clk_hz * self.oversampling)
+
+    def pin_clocks(self) -> int:
+        """``herald.pin_ns`` in whole system clocks (nearest, ties to even)."""
+        return round(self.herald.pin_ns * self.sys_clk_hz / 1e9)
+
+    def channel_index(self, ref: ChannelRef) -> int:
+        """The index of a channel named by index or name (ValueError when there is none)."""
+        for ch in self.channels:
+            if ch.index == ref or ch.name == ref:
+                return ch.index
+        raise ValueError(f"{ref!r} is not one of fpga.channels (names {[c.name for c in self.channels]}, "
+                         f"indices {[c.index for c in self.channels]})")
 
     @model_validator(mode="after")
     def _check(self):
@@ -68,7 +138,64 @@ class Fpga(Strict):
         names = [ch.name for ch in self.channels]
         if len(set(names)) != len(names):
             raise ValueError("channel names must be unique")
+        self._check_units()
         return self
+
+    def _check_units(self) -> None:
+        """Herald and coincidence settings: channels that exist, times that fit their registers."""
+        errors = []
+
+        def ref(key, value):
+            try:
+                return self.channel_index(value)
+            except ValueError as exc:
+                errors.append(f"{key}: {exc}")
+                return None
+
+        def fits(key, value_ps, bits):
+            top = (1 << bits) - 1
+            if to_bins(value_ps, self.bin_ps) > top:
+                errors.append(f"{key}: {value_ps} ps is more than the register holds ({top} bins of "
+                              f"{self.bin_ps} ps = {top * self.bin_ps} ps)")
+
+        h = self.herald
+        sync = ref("herald.sync_channel", h.sync_channel)
+        if sync is not None and sync > 15:
+            errors.append(f"herald.sync_channel: channel {sync} does not fit the 4-bit herald_sync_channel (0..15)")
+        for key in ("detectors", "veto"):
+            for i, c in enumerate(getattr(h, key)):
+                index = ref(f"herald.{key}[{i}]", c)
+                if index is not None and index > 15:
+                    errors.append(f"herald.{key}[{i}]: channel {index} does not fit the 16-bit mask (0..15)")
+        fits("herald.offset_ps", h.offset_ps, 32)
+        fits("herald.length_ps", h.length_ps, 16)
+        fits("herald.late_ps", h.late_ps, 32)
+        if h.rule != "off" and to_bins(h.length_ps, self.bin_ps) == 0:
+            errors.append(f"herald.length_ps: {h.length_ps} ps rounds to 0 bins of {self.bin_ps} ps")
+        if self.pin_clocks() > 0xFFFF:
+            errors.append(f"herald.pin_ns: {h.pin_ns} ns is more than 65535 clocks of the {self.sys_clk_hz} Hz clock")
+        for p, pattern in enumerate(self.coincidence):
+            indices = [ref(f"coincidence[{p}].channels[{i}]", c) for i, c in enumerate(pattern.channels)]
+            for i, index in enumerate(indices):
+                if index is not None and index > 15:
+                    errors.append(f"coincidence[{p}].channels[{i}]: channel {index} does not fit the "
+                                  "16-bit coinc_mask (0..15)")
+            known = [i for i in indices if i is not None]
+            if len(set(known)) != len(known):
+                errors.append(f"coincidence[{p}].channels: a channel appears twice")
+            fits(f"coincidence[{p}].window_ps", pattern.window_ps, 16)
+        if errors:
+            raise ValueError("; ".join(errors))
+
+    def herald_channels(self) -> dict[str, int | list[int]]:
+        """The herald unit's channels as indices: sync_channel, detectors, veto."""
+        h = self.herald
+        return {"sync_channel": self.channel_index(h.sync_channel),
+                "detectors": sorted({self.channel_index(c) for c in h.detectors}),
+                "veto": sorted({self.channel_index(c) for c in h.veto})}
+
+    def coincidence_channels(self, pattern: int) -> list[int]:
+        return sorted({self.channel_index(c) for c in self.coincidence[pattern].channels})
 
     def channel(self, name_or_index: str | int) -> Channel:
         for ch in self.channels:

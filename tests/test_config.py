@@ -45,6 +45,25 @@ def _broken(old: str, new: str) -> str:
         ('driver = "lakeshore336"\ntransport = "tcp"', 'driver = "lakeshore336"\ntransport = "usb"',
          "instruments.cryostat.transport: Input should be 'visa', 'serial' or 'tcp'"),
         ("index = 7", "index = 6", "channel index 6 appears twice"),
+        ('rule = "single_click"', 'rule = "one_click"',
+         "fpga.herald.rule: Input should be 'off', 'single_click' or 'two_click'"),
+        ('detectors = ["bsm_plus", "bsm_minus"]', 'detectors = ["bsm_plus", "bsm_minos"]',
+         "fpga: herald.detectors[1]: 'bsm_minos' is not one of fpga.channels"),
+        ('sync_channel = "sync"', "sync_channel = 9", "fpga: herald.sync_channel: 9 is not one of fpga.channels"),
+        ("length_ps = 10_000", "length_ps = 70_000_000",
+         "fpga: herald.length_ps: 70000000 ps is more than the register holds (65535 bins of 1000 ps"),
+        ("length_ps = 10_000", "length_ps = 400", "fpga: herald.length_ps: 400 ps rounds to 0 bins of 1000 ps"),
+        ('detectors = ["bsm_plus", "bsm_minus"]', "detectors = []",
+         "fpga.herald: rule 'single_click' needs detectors"),
+        ('rule = "single_click"', 'rule = "two_click"', "fpga.herald: two_click: late_ps (0) must be at least"),
+        ("offset_ps = 49_012_000", "offset_ps = -1", "fpga.herald.offset_ps: Input should be greater than or equal to 0"),
+        ('channels = ["spdc_a", "spdc_b"]', 'channels = ["spdc_a", "spdc_c"]',
+         "fpga: coincidence[0].channels[1]: 'spdc_c' is not one of fpga.channels"),
+        ('channels = ["spdc_a", "spdc_b"]', 'channels = ["spdc_a", 1]', "coincidence[0].channels: a channel appears twice"),
+        ("window_ps = 10_000\nemit", "window_ps = 10_000\nmin_fold = 3\nemit",
+         "fpga.coincidence[0]: min_fold 3 is more than the pattern's 2 channels"),
+        ("window_ps = 10_000\nemit", "window_ps = 10_000\nwindow = 3\nemit",
+         "fpga.coincidence[0].window: Extra inputs are not permitted"),
     ],
 )
 def test_bad_config_names_file_key_and_expectation(tmp_path, old, new, expected):
@@ -95,7 +114,7 @@ def test_every_config_key_is_documented():
     doc = (ROOT / "docs" / "configuration.md").read_text()
     models = [schema.Node, schema.Fpga, schema.Channel, schema.Instrument, schema.Loop, schema.Recording,
               schema.SimLab, schema.SyncSource, schema.PairSource, schema.Heralding, schema.ReferenceLight,
-              schema.DetectorModel]
+              schema.DetectorModel, schema.Herald, schema.Coincidence]
     missing = [f"{m.__name__}.{key}" for m in models for key in m.model_fields
                if f"`{key}`" not in doc and f".{key}" not in doc]  # keys, or sub-tables [a.key]
     assert not missing, f"docs/configuration.md does not describe: {missing}"
@@ -106,3 +125,31 @@ def test_an_fpga_without_channels_is_refused_at_load(tmp_path):
     path.write_text("[fpga]\nboard = 'sim'\nchannels = []\n")
     with pytest.raises(ConfigError, match=rf"^{path}: fpga.channels: List should have at least 1 item"):
         load_config(path)
+
+
+def test_herald_and_coincidence_settings_in_bins_for_the_reference_lab():
+    """sim.toml: single click on D+ / D- (3, 4) after sync 0, 49 us + 12 ns, 10 ns; A & B."""
+    fpga = load_config(SIM).fpga
+    assert fpga.herald.rule == "single_click"
+    assert fpga.herald_channels() == {"sync_channel": 0, "detectors": [3, 4], "veto": []}
+    assert (fpga.herald.offset_ps, fpga.herald.length_ps) == (49_012_000, 10_000)
+    assert fpga.pin_clocks() == 1  # 8 ns of a 125 MHz clock
+    assert fpga.coincidence_channels(0) == [1, 2] and fpga.coincidence[0].emit
+    real = load_config(ROOT / "lab_configs" / "example_lab.toml").fpga
+    assert real.herald_channels()["detectors"] == [1, 2] and real.pin_clocks() == 4  # 20 ns at 200 MHz
+
+
+def test_times_round_to_the_nearest_bin_ties_to_even():
+    from qnode.host.config import to_bins
+
+    assert [to_bins(v, 1000) for v in (1_400, 1_500, 2_500, 2_501, 49_012_400)] == [1, 2, 2, 3, 49_012]
+    assert to_bins(10_000, 1250) == 8
+
+
+def test_a_config_without_herald_or_coincidence_leaves_both_units_off():
+    text = _broken('rule = "single_click"', 'rule = "off"')
+    fpga = parse_config(text.replace("[[fpga.coincidence]]\nchannels = [\"spdc_a\", \"spdc_b\"]\nwindow_ps = 10_000\n"
+                                     "emit = true\n", ""), "x.toml").fpga
+    assert fpga.herald.rule == "off" and fpga.coincidence == []
+    minimal = parse_config("[fpga]\n[[fpga.channels]]\nindex = 0\nname = 'a'\n").fpga
+    assert minimal.herald.rule == "off" and minimal.coincidence == []
