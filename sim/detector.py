@@ -20,7 +20,7 @@ from numba import njit
 NO_CLICK = np.iinfo(np.int64).min // 2
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _uniform(seed: np.uint64, counter: np.uint64) -> float:
     # splitmix64 of (seed, counter): a counter-based draw, so batches do not disturb it.
     z = seed + (counter + np.uint64(1)) * np.uint64(0x9E3779B97F4A7C15)
@@ -30,36 +30,37 @@ def _uniform(seed: np.uint64, counter: np.uint64) -> float:
     return (z >> np.uint64(11)) * (1.0 / 9007199254740992.0)
 
 
-@njit(cache=True)
-def _clicks(arrivals, pending, t_cut, last_click, dead_ps, ap_prob, ap_delay_ps, seed, counter):
+@njit(cache=True, nogil=True)
+def _min_gap(arrivals, n, last_click):
+    """The smallest gap between last_click and arrivals[:n], one after the other (n >= 1). No
+    early exit, so the compiler vectorises it: ~10x faster than a loop that stops at a short gap."""
+    m = arrivals[0] - last_click
+    for i in range(1, n):
+        d = arrivals[i] - arrivals[i - 1]
+        m = d if d < m else m
+    return m
+
+
+@njit(cache=True, nogil=True)
+def _click_run(arrivals, i, queue, q_head, q_tail, out, k, t_cut, last_click, dead_ps, ap_prob, ap_delay_ps,
+               seed, counter):
+    """The dead-time and afterpulse pass until the cut, or until out or the queue is full (then
+    the caller grows it and calls again). No array is reassigned in the loop, so the compiled
+    loop holds no reference counting."""
     n = arrivals.shape[0]
-    queue = np.empty(pending.shape[0] + 64, np.int64)  # grows on demand: afterpulses are rare
-    queue[: pending.shape[0]] = pending
-    q_head = 0
-    q_tail = pending.shape[0]
-    out = np.empty(n + pending.shape[0] + 16, np.int64)
-    k = 0
-    i = 0
     big = np.iinfo(np.int64).max
-    while True:
+    while k < out.shape[0] and q_tail < queue.shape[0]:
         a = arrivals[i] if i < n else big
         b = queue[q_head] if q_head < q_tail else big
-        if a <= b:
-            t = a
-        else:
-            t = b
+        t = a if a <= b else b
         if t >= t_cut:
-            break
+            return i, q_head, q_tail, k, last_click, counter, True
         if a <= b:
             i += 1
         else:
             q_head += 1
         if t - last_click < dead_ps:
             continue
-        if k == out.shape[0]:
-            grown = np.empty(2 * out.shape[0], np.int64)
-            grown[:k] = out[:k]
-            out = grown
         out[k] = t
         k += 1
         last_click = t
@@ -67,12 +68,32 @@ def _clicks(arrivals, pending, t_cut, last_click, dead_ps, ap_prob, ap_delay_ps,
             u = _uniform(seed, counter)
             counter += np.uint64(1)
             if u < ap_prob:
-                if q_tail == queue.shape[0]:
-                    grown = np.empty(2 * queue.shape[0], np.int64)
-                    grown[:q_tail] = queue[:q_tail]
-                    queue = grown
                 queue[q_tail] = t + ap_delay_ps
                 q_tail += 1
+    return i, q_head, q_tail, k, last_click, counter, False
+
+
+@njit(cache=True, nogil=True)
+def _clicks(arrivals, pending, t_cut, last_click, dead_ps, ap_prob, ap_delay_ps, seed, counter):
+    n = arrivals.shape[0]
+    queue = np.empty(pending.shape[0] + 64, np.int64)  # grows on demand: afterpulses are rare
+    queue[: pending.shape[0]] = pending
+    out = np.empty(n + pending.shape[0] + 16, np.int64)
+    i, q_head, q_tail, k = 0, 0, pending.shape[0], 0
+    while True:
+        i, q_head, q_tail, k, last_click, counter, done = _click_run(
+            arrivals, i, queue, q_head, q_tail, out, k, t_cut, last_click, dead_ps, ap_prob, ap_delay_ps,
+            seed, counter)
+        if done:
+            break
+        if k == out.shape[0]:
+            grown = np.empty(2 * out.shape[0], np.int64)
+            grown[:k] = out[:k]
+            out = grown
+        if q_tail == queue.shape[0]:
+            grown = np.empty(2 * queue.shape[0], np.int64)
+            grown[:q_tail] = queue[:q_tail]
+            queue = grown
     return out[:k], arrivals[i:], queue[q_head:q_tail].copy(), last_click, counter
 
 
@@ -103,13 +124,11 @@ class Detector:
             # Without afterpulsing, a stream whose gaps all exceed the dead time (a sync laser,
             # a sparse channel) clicks on every arrival: no per-event loop needed.
             n = int(np.searchsorted(arrivals_ps, t_cut_ps))
-            head = arrivals_ps[:n]
             if n == 0:
-                return head, arrivals_ps
-            if head[0] - self._last_click >= self.dead_time_ps and (
-                    n == 1 or np.diff(head).min() >= self.dead_time_ps):
-                self._last_click = int(head[-1])
-                return head, arrivals_ps[n:]
+                return arrivals_ps[:0], arrivals_ps
+            if _min_gap(arrivals_ps, n, np.int64(self._last_click)) >= self.dead_time_ps:
+                self._last_click = int(arrivals_ps[n - 1])
+                return arrivals_ps[:n], arrivals_ps[n:]
         clicks, rest, pending, last, draws = _clicks(
             arrivals_ps,
             self._pending_afterpulses,
