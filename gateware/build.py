@@ -40,6 +40,11 @@ class BuildReport:
     bitstream: str | None
     seconds: float
     resources: dict[str, str] = field(default_factory=dict)
+    capture_fmax_mhz: float | None = None  # the 200 MHz IDDRX2F word domain (ECP5Capture)
+    clocks_fmax_mhz: dict[str, float] = field(default_factory=dict)  # every clock net, post-route
+    critical_path: dict | None = None  # of the system clock (``critical_path``)
+    nextpnr_opts: str = ""
+    synth_opts: str = ""
     gateware_hash: str = ""
     manifest: str | None = None
     cached: bool = False
@@ -62,11 +67,38 @@ def _tool_env() -> dict[str, str]:
     return env
 
 
+def clock_fmax(text: str) -> dict[str, float]:
+    """Post-route fmax (MHz) of every clock net in a nextpnr-ecp5 log: the last report of each
+    (nextpnr reports after placement and again after routing)."""
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", text)}
+
+
+def critical_path(text: str, clock_net: str) -> dict | None:
+    """The post-route critical path of ``clock_net`` from a nextpnr-ecp5 log: start and end cell,
+    total, logic and routing ns, and the source lines it passes (gateware/*.py:line)."""
+    report = None
+    for m in re.finditer(r"Critical path report for clock '([^']+)' \(posedge -> posedge\):\n"
+                         r"(.*?)Info: ([\d.]+) ns logic, ([\d.]+) ns routing", text, re.S):
+        if m.group(1).endswith(clock_net):
+            report = m  # the last one is after routing
+    if report is None:
+        return None
+    body = report.group(2)
+    cells = re.findall(r"(?:Source|Sink) (\S+)", body)
+    totals = re.findall(r"^Info:\s+\w+\s+[\d.]+\s+([\d.]+) ", body, re.M)
+    lines = list(dict.fromkeys(re.findall(r"(gateware/\w+\.py:\d+)", body)))
+    return {"from": cells[0] if cells else None, "to": cells[-1] if cells else None,
+            "ns": float(totals[-1]) if totals else None, "logic_ns": float(report.group(3)),
+            "routing_ns": float(report.group(4)), "source_lines": lines}
+
+
 def parse_nextpnr_log(text: str, clock_net: str = "clk") -> tuple[float | None, dict[str, str]]:
-    """fmax (MHz) of the system clock and the utilisation table from a nextpnr-ecp5 log."""
+    """fmax (MHz) of the system clock (the net whose name ends in ``clock_net``, else the one
+    reported last) and the utilisation table from a nextpnr-ecp5 log."""
     fmax = None
     for m in re.finditer(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz", text):
-        if clock_net in m.group(1) or fmax is None:
+        if m.group(1).endswith(clock_net) or fmax is None:
             fmax = float(m.group(2))  # the last report is after routing
     resources = {}
     util = text.rsplit("Device utilisation:", 1)
@@ -77,6 +109,9 @@ def parse_nextpnr_log(text: str, clock_net: str = "clk") -> tuple[float | None, 
 
 
 NAME = "qnode_ulx3s"
+SYS_CLOCK_NET = "capture.clk"  # nextpnr's name of the 100 MHz ``sync`` clock (ECP5Capture)
+CAPTURE_CLOCK_NET = "capture.capture_clk"  # ... and of the 200 MHz IDDRX2F word clock
+SYNTH_OPTS = ""  # yosys synth_ecp5 options of the default build
 PRODUCTS = (f"{NAME}.bit", f"{NAME}.tim", "manifest.json")
 
 
@@ -97,15 +132,21 @@ def _ulx3s_platform():
 
 
 def plan_ulx3s(*, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16, seed: int = 1,
-               baud: int | None = None, gateware_hash: str = "0" * 16):
-    """(platform, top, build plan) of the ULX3S design; elaboration only, no tools run."""
+               baud: int | None = None, synth_opts: str = SYNTH_OPTS, gateware_hash: str = "0" * 16):
+    """(platform, top, build plan) of the ULX3S design; elaboration only, no tools run.
+    ``seed``: nextpnr's placement seed; ``synth_opts``: extra options of yosys ``synth_ecp5``."""
     from . import ulx3s
 
     platform = _ulx3s_platform()
     top = ulx3s.ULX3STop(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth,
                          baud=baud or ulx3s.DEFAULT_BAUD, gateware_hash=gateware_hash)
-    plan = platform.prepare(top, name=NAME, nextpnr_opts=f"--timing-allow-fail --seed {seed}")
+    plan = platform.prepare(top, name=NAME, nextpnr_opts=nextpnr_opts(seed), synth_opts=synth_opts)
     return platform, top, plan
+
+
+def nextpnr_opts(seed: int) -> str:
+    # --timing-allow-fail: a design that misses timing still gives a bitstream and its report
+    return f"--timing-allow-fail --seed {seed}"
 
 
 def ulx3s_content_hash(**options) -> str:
@@ -118,13 +159,13 @@ def ulx3s_content_hash(**options) -> str:
 
 def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fifo_depth: int = 16,
                 output_depth: int = 16, seed: int = 1, baud: int | None = None,
-                force: bool = False) -> BuildReport:
+                synth_opts: str = SYNTH_OPTS, force: bool = False) -> BuildReport:
     from . import ulx3s
     from .manifest import Manifest, content_hash, gateware_hash_of, new_manifest, toolchain_identity
 
     baud = baud or ulx3s.DEFAULT_BAUD
     options = dict(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth, seed=seed,
-                   baud=baud)
+                   baud=baud, synth_opts=synth_opts)
     toolchain_versions = toolchain_identity()
     _, _, plan0 = plan_ulx3s(**options)  # hash registers at zero: see gateware/manifest.py
     content = content_hash(plan0.files, toolchain_versions)
@@ -143,29 +184,55 @@ def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fif
         manifest = new_manifest(
             board="ulx3s", content=content, bitstream=bit, toolchain=toolchain_versions,
             options={**options, "device": platform.device, "package": platform.package,
-                     "sys_clk_hz": ulx3s.SYS_CLK_HZ, "oversampling": ulx3s.OVERSAMPLING},
+                     "sys_clk_hz": ulx3s.SYS_CLK_HZ, "oversampling": ulx3s.OVERSAMPLING,
+                     "nextpnr_opts": nextpnr_opts(seed)},
             build_seconds=round(time.monotonic() - start, 1))
         manifest.write(out_dir)
     seconds = time.monotonic() - start
     for product in PRODUCTS:  # the last build, where flash and bench/gateware.py look
         if (out_dir / product).exists():
             shutil.copyfile(out_dir / product, build_dir / product)
+    return _report(out_dir, manifest, seconds=seconds, cached=cached)
+
+
+def _report(out_dir: Path, manifest, *, seconds: float, cached: bool) -> BuildReport:
+    """The figures of the build in ``out_dir`` (its nextpnr log) and ``manifest``."""
+    from . import ulx3s
 
     log = (out_dir / f"{NAME}.tim").read_text()
-    fmax, resources = parse_nextpnr_log(log)
+    fmax, resources = parse_nextpnr_log(log, SYS_CLOCK_NET)
+    clocks = clock_fmax(log)
+    capture = [mhz for net, mhz in clocks.items() if net.endswith(CAPTURE_CLOCK_NET)]
 
     def used(name):
         return int(resources[name].split("/")[0]) if name in resources else None
 
     platform = _ulx3s_platform()
+    options = manifest.options
+    bit = out_dir / f"{NAME}.bit"
     toolchain = ", ".join(f"{k} {v}" for k, v in manifest.toolchain.items())
     return BuildReport(
         board="ulx3s", device=platform.device, package=platform.package,
-        speed_grade=str(platform.speed), sys_clk_mhz=ulx3s.SYS_CLK_HZ / 1e6, fmax_mhz=fmax,
-        channels=channels, oversampling=ulx3s.OVERSAMPLING,
-        bin_ps=10**12 // (ulx3s.SYS_CLK_HZ * ulx3s.OVERSAMPLING),
+        speed_grade=str(platform.speed), sys_clk_mhz=options.get("sys_clk_hz", ulx3s.SYS_CLK_HZ) / 1e6,
+        fmax_mhz=fmax, channels=options.get("channels", len(ulx3s.INPUT_PINS)),
+        oversampling=options.get("oversampling", ulx3s.OVERSAMPLING),
+        bin_ps=10**12 // (options.get("sys_clk_hz", ulx3s.SYS_CLK_HZ)
+                          * options.get("oversampling", ulx3s.OVERSAMPLING)),
         luts=used("TRELLIS_COMB"), ffs=used("TRELLIS_FF"), brams=used("DP16KD"),
         toolchain=toolchain, bitstream=str(bit) if bit.exists() else None, seconds=seconds,
-        resources=resources, gateware_hash=ghash, manifest=str(out_dir / "manifest.json"),
-        cached=cached, baud=baud,
+        resources=resources, capture_fmax_mhz=capture[0] if capture else None,
+        clocks_fmax_mhz=clocks, critical_path=critical_path(log, SYS_CLOCK_NET), nextpnr_opts=options.get("nextpnr_opts", ""),
+        synth_opts=options.get("synth_opts", ""), gateware_hash=manifest.gateware_hash,
+        manifest=str(out_dir / "manifest.json"), cached=cached, baud=options.get("baud", ulx3s.DEFAULT_BAUD),
     )
+
+
+def report_from_build_dir(build_dir: str | Path = "build/ulx3s") -> BuildReport:
+    """The report of the last build copied to ``build_dir`` (no tools run, nothing hashed)."""
+    from .manifest import Manifest
+
+    build_dir = Path(build_dir)
+    if not (build_dir / "manifest.json").exists():
+        raise FileNotFoundError(f"no build in {build_dir}: run `qnode gateware build` first")
+    manifest = Manifest.read(build_dir)
+    return _report(build_dir, manifest, seconds=0.0, cached=True)

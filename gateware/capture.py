@@ -113,7 +113,9 @@ class ECP5Capture(wiring.Component):
         if platform is not None:
             platform.add_clock_constraint(eclk, ECP5_ECLK_HZ)
             platform.add_clock_constraint(sclk, ECP5_SCLK_HZ)
-            platform.add_clock_constraint(pll_os, ECP5_SYS_CLK_HZ)
+            # the 100 MHz ``sync`` clock needs none: nextpnr derives it from the PLL's CLKOS
+            # divider ("Derived frequency constraint of 100.0 MHz for net capture.clk"), and
+            # pll_os is merged into that net, so a constraint on it would be ignored
 
         # 200 MHz: IDDRX2F, then every other clock the held half and this one into the FIFO
         halves = []

@@ -27,7 +27,7 @@ class ChannelFifo(wiring.Component):
         super().__init__({
             "entry": In(stream.Signature(Entry, always_ready=True)),
             "head": Out(stream.Signature(Entry)),
-            "dropped": Out(PENDING_BITS),  # edges dropped in this clock (for the loss counter)
+            "dropped": Out(PENDING_BITS),  # edges dropped in the last clock (for the loss counter)
         })
 
     def elaborate(self, platform):
@@ -38,31 +38,48 @@ class ChannelFifo(wiring.Component):
         pending_time = Signal(TIME_BITS)  # time of the first of them, in bins
         arriving = Signal(PENDING_BITS)  # edges the arriving entry stands for
         m.d.comb += arriving.eq(Mux(self.entry.valid, 1 + self.entry.payload.count, 0))
+        # ``pending != 0`` and "more than one record's worth" as registers beside ``pending``,
+        # computed from its next value: the record mux and the FIFO write start from flip-flops
+        # instead of a 32-bit compare on the adder's output.
+        pending_next = Signal(PENDING_BITS)
+        waiting = Signal()  # pending != 0
+        big = Signal()  # pending > LOSS_COUNT_MAX
+        m.d.comb += pending_next.eq(pending)
+        m.d.sync += [pending.eq(pending_next), waiting.eq(pending_next != 0),
+                     big.eq(pending_next[COUNT_BITS:].any())]
+        # edges dropped in this clock, for the core's loss counter: registered (the counter
+        # shows a drop one clock later; nothing reads it within a clock)
+        dropped = Signal(PENDING_BITS)
+        m.d.sync += self.dropped.eq(dropped)
 
         record = Signal(Entry)
-        big = pending[COUNT_BITS:].any()  # more than one record's worth (LOSS_COUNT_MAX)
         m.d.comb += [
             record.time.eq(pending_time),
             record.loss.eq(1),
             record.count.eq(Mux(big, LOSS_COUNT_MAX, pending)),
         ]
 
-        with m.If(pending != 0):
+        # after a full record (big) the rest is pending - LOSS_COUNT_MAX + arriving: one adder
+        # from ``pending``, its other operand made from the arriving entry alone
+        arriving_less_max = Signal(PENDING_BITS)
+        m.d.comb += arriving_less_max.eq(arriving - LOSS_COUNT_MAX)
+
+        with m.If(waiting):
             with m.If(queue.w_rdy):
                 m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(record)]
-                rest = Mux(big, pending - LOSS_COUNT_MAX, 0)
-                m.d.sync += pending.eq(rest + arriving)
+                m.d.comb += pending_next.eq(Mux(big, pending + arriving_less_max, arriving))
                 with m.If(~big & self.entry.valid):
                     m.d.sync += pending_time.eq(self.entry.payload.time)
             with m.Else():
-                m.d.sync += pending.eq(pending + arriving)
-            m.d.comb += self.dropped.eq(arriving)
+                m.d.comb += pending_next.eq(pending + arriving)
+            m.d.comb += dropped.eq(arriving)
         with m.Elif(self.entry.valid):
             with m.If(queue.w_rdy):
                 m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(self.entry.payload)]
             with m.Else():
-                m.d.sync += [pending.eq(arriving), pending_time.eq(self.entry.payload.time)]
-                m.d.comb += self.dropped.eq(arriving)
+                m.d.comb += pending_next.eq(arriving)
+                m.d.sync += pending_time.eq(self.entry.payload.time)
+                m.d.comb += dropped.eq(arriving)
 
         m.d.comb += [
             self.head.valid.eq(queue.r_rdy),

@@ -16,21 +16,32 @@ def gateware():
 @click.option("--channels", default=8, show_default=True)
 @click.option("--seed", default=1, show_default=True, help="nextpnr placement seed")
 @click.option("--baud", default=3_000_000, show_default=True, help="link UART baud rate")
+@click.option("--synth-opts", default=None, help="extra yosys synth_ecp5 options (default: the build's own)")
 @click.option("--force", is_flag=True, help="rebuild even if this design is in the cache")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def build(board, build_dir, channels, seed, baud, force, as_json):
+def build(board, build_dir, channels, seed, baud, synth_opts, force, as_json):
     """Synthesise, place and route; report fmax and resources; write the bitstream and its
     manifest (cached by content hash: an unchanged design is not rebuilt)."""
-    from .build import build_ulx3s
+    from .build import SYNTH_OPTS, build_ulx3s
+    from .capture import ECP5_SCLK_HZ
 
-    report = build_ulx3s(build_dir, channels=channels, seed=seed, baud=baud, force=force)
+    report = build_ulx3s(build_dir, channels=channels, seed=seed, baud=baud, force=force,
+                         synth_opts=SYNTH_OPTS if synth_opts is None else synth_opts)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return
-    ok = report.fmax_mhz is not None and report.fmax_mhz >= report.sys_clk_mhz
+    capture_mhz = ECP5_SCLK_HZ / 1e6
+    ok = (report.fmax_mhz is not None and report.fmax_mhz >= report.sys_clk_mhz
+          and report.capture_fmax_mhz is not None and report.capture_fmax_mhz >= capture_mhz)
+    margin = f"{100 * (report.fmax_mhz / report.sys_clk_mhz - 1):+.1f} %" if report.fmax_mhz else "?"
     click.echo(f"board {report.board}: {report.device}-{report.speed_grade} {report.package}")
-    click.echo(f"system clock {report.sys_clk_mhz:g} MHz, fmax {report.fmax_mhz} MHz "
-               f"({'meets' if ok else 'FAILS'} timing)")
+    click.echo(f"system clock {report.sys_clk_mhz:g} MHz, fmax {report.fmax_mhz} MHz ({margin}); "
+               f"capture clock {capture_mhz:g} MHz, fmax {report.capture_fmax_mhz} MHz "
+               f"({'meets' if ok else 'FAILS'} timing; nextpnr post-route, {report.nextpnr_opts})")
+    if report.critical_path:
+        cp = report.critical_path
+        click.echo(f"critical path {cp['ns']} ns: {cp['from']} -> {cp['to']} "
+                   f"({', '.join(cp['source_lines']) or 'no gateware lines'})")
     click.echo(f"{report.channels} channels x {report.oversampling} samples/clock, bin {report.bin_ps} ps")
     click.echo(f"LUTs {report.luts}, FFs {report.ffs}, DP16KD {report.brams}")
     from .link_engine import event_rate_words_per_s

@@ -11,7 +11,8 @@ Three parts, one clock domain:
   bytes it touched, every one counted in ``bytes_skipped``. A ring that fills (the host sends
   while a long EVENTS frame holds up the reply) stops taking bytes; the UART then counts overruns.
 - **Executor.** A valid frame is executed against the register bus (the ``RegisterFile`` port:
-  ``addr``/``w_en``/``w_data`` out, ``r_data`` in, one clock read latency): HELLO -> IDENTIFY
+  ``addr``/``w_en``/``w_data`` out, ``r_data`` in, ``read_latency`` clocks after ``addr``, the
+  register file's own setting: 1, or 2 with its registered read path): HELLO -> IDENTIFY
   (payload read from the register map's identity block, including ``gateware_hash``, plus the
   board name), REG_READ -> REG_DATA, REG_WRITE -> REG_ACK (value read back), and ERROR replies:
   BAD_ADDRESS (no register there), READ_ONLY, BAD_REQUEST (unknown type, wrong payload size).
@@ -56,6 +57,12 @@ IDENTITY_FIELDS = [
 ]
 BOARD_BYTES = 16
 
+# what the reply emitter can load (LinkEngine.elaborate): the register bus's data, the same with
+# its bytes reversed (the gateware hash), a REG_DATA header, an address, an ERROR payload, and
+# the board name 4 bytes at a time
+SRC_R_DATA, SRC_R_DATA_SWAPPED, SRC_READ_HEADER, SRC_ADDRESS, SRC_ERROR, SRC_BOARD = range(6)
+EMIT_SOURCES = SRC_BOARD + BOARD_BYTES // 4
+
 
 def event_rate_words_per_s(baud: float, words_per_frame: int = link.MAX_EVENT_WORDS) -> float:
     """Event words per second an 8N1 UART at ``baud`` carries in EVENTS frames of
@@ -66,11 +73,12 @@ def event_rate_words_per_s(baud: float, words_per_frame: int = link.MAX_EVENT_WO
 
 
 class LinkEngine(wiring.Component):
-    """Link protocol engine. ``board``: the name IDENTIFY reports (at most 16 ASCII bytes)."""
+    """Link protocol engine. ``board``: the name IDENTIFY reports (at most 16 ASCII bytes).
+    ``read_latency``: that of the RegisterFile on the bus (1 or 2 clocks from ``addr``)."""
 
     def __init__(self, *, board: str, regmap: RegisterMap = REGISTER_MAP,
                  word_fifo_depth: int = 1024, max_event_words: int = link.MAX_EVENT_WORDS,
-                 rx_ring_bytes: int = 128):
+                 rx_ring_bytes: int = 128, read_latency: int = 1):
         board_bytes = board.encode("ascii")
         if len(board_bytes) > BOARD_BYTES:
             raise ValueError(f"board name {board!r} is longer than {BOARD_BYTES} bytes")
@@ -78,6 +86,9 @@ class LinkEngine(wiring.Component):
             raise ValueError(f"max_event_words must be 1..{link.MAX_EVENT_WORDS}")
         if rx_ring_bytes & (rx_ring_bytes - 1) or rx_ring_bytes < 2 * (10 + MAX_REQUEST_PAYLOAD):
             raise ValueError("rx_ring_bytes must be a power of two holding two requests")
+        if read_latency not in (1, 2):
+            raise ValueError(f"read_latency must be 1 or 2 (the RegisterFile's), not {read_latency}")
+        self.read_latency = read_latency
         self.board = board_bytes.ljust(BOARD_BYTES, b"\0")
         self.regmap = regmap
         self.word_fifo_depth = word_fifo_depth
@@ -105,14 +116,16 @@ class LinkEngine(wiring.Component):
     # -- the register map as hardware --------------------------------------------------
 
     def _decode_address(self, m, address):
-        """(exists, access) of ``address`` from the register map."""
+        """(exists, read_only) of ``address`` from the register map, registered: valid the
+        clock after ``address`` (a decode over every address of the map is several LUT levels)."""
         exists = Signal()
         read_only = Signal()
+        m.d.sync += [exists.eq(0), read_only.eq(0)]
         with m.Switch(address):
             for reg in self.regmap:
                 for a in reg.addresses():
                     with m.Case(a):
-                        m.d.comb += [exists.eq(1), read_only.eq(reg.access is Access.RO)]
+                        m.d.sync += [exists.eq(1), read_only.eq(reg.access is Access.RO)]
         return exists, read_only
 
     def elaborate(self, platform):
@@ -160,24 +173,58 @@ class LinkEngine(wiring.Component):
         reply_seq = Signal(8)
         reply_len = Signal(16)
 
-        # The emitter writes ``emit_n`` bytes of ``emit_val`` (LSB first) to the reply buffer.
-        emit_val = Signal(32)
-        emit_n = Signal(range(5))
-        wptr = Signal(range(REPLY_BUFFER_BYTES + 1))
-        emit_idle = emit_n == 0
-        m.d.comb += [reply_w.addr.eq(wptr), reply_w.data.eq(emit_val[:8]), reply_w.en.eq(~emit_idle)]
-        with m.If(~emit_idle):
-            m.d.sync += [emit_val.eq(emit_val >> 8), emit_n.eq(emit_n - 1), wptr.eq(wptr + 1)]
-
-        def emit(value, nbytes):
-            m.d.sync += [emit_val.eq(value), emit_n.eq(nbytes)]
-
-        check_addr = Signal(ADDRESS_BITS)
-        exists, read_only = self._decode_address(m, check_addr)
-        index = Signal(8)  # register index within a REG_READ
-        m.d.comb += check_addr.eq(req_address + index)
         err_code = Signal(8)
         err_addr = Signal(16)
+
+        # The emitter writes ``emit_n`` bytes of ``emit_val`` (LSB first) to the reply buffer.
+        # The executor only names the source (``emit``: a small code, registered); the emitter
+        # loads the value a clock later, from registers that hold still until then (r_data: the
+        # bus address changes at the earliest at the end of that clock). So the executor's many
+        # states never sit in front of a 32-bit value mux.
+        emit_val = Signal(32)
+        emit_n = Signal(range(5))
+        emit_go = Signal()  # a request waits: load it
+        emit_src = Signal(range(EMIT_SOURCES))
+        emit_req_n = Signal(range(5))
+        wptr = Signal(range(REPLY_BUFFER_BYTES + 1))
+        emit_idle = (emit_n == 0) & ~emit_go
+        writing = emit_n != 0
+        m.d.comb += [reply_w.addr.eq(wptr), reply_w.data.eq(emit_val[:8]), reply_w.en.eq(writing)]
+        r = self.r_data
+        sources = {
+            SRC_R_DATA: r,
+            SRC_R_DATA_SWAPPED: Cat(r[24:32], r[16:24], r[8:16], r[0:8]),
+            SRC_READ_HEADER: Cat(payload[0:16], payload[16:24]),  # address, count
+            SRC_ADDRESS: payload[0:16],
+            **{SRC_BOARD + j: int.from_bytes(self.board[4 * j:4 * j + 4], "little")
+               for j in range(BOARD_BYTES // 4)},
+        }
+        with m.If(emit_go):
+            m.d.sync += [emit_go.eq(0), emit_n.eq(emit_req_n)]
+            with m.Switch(emit_src):
+                for code, value in sources.items():
+                    with m.Case(code):
+                        m.d.sync += emit_val.eq(value)
+                with m.Case(SRC_ERROR):
+                    m.d.sync += emit_val.eq(Cat(ftype, err_code, err_addr))
+        with m.Elif(writing):
+            m.d.sync += [emit_val.eq(emit_val >> 8), emit_n.eq(emit_n - 1), wptr.eq(wptr + 1)]
+
+        def emit(source, nbytes):
+            m.d.sync += [emit_src.eq(source), emit_req_n.eq(nbytes), emit_go.eq(1)]
+
+        # The address a REG_READ or REG_WRITE checks, and what the map says of it, as a pipeline:
+        # ``check_addr`` is a clock behind ``index``, ``exists``/``read_only`` two; the states
+        # that change ``index`` pass through two SETTLE states before the next check.
+        index = Signal(8)  # register index within a REG_READ
+        check_addr = Signal(ADDRESS_BITS)
+        m.d.sync += check_addr.eq(req_address + index)
+        exists, read_only = self._decode_address(m, check_addr)
+
+        def settle(prefix, then):
+            for w in range(2):
+                with m.State(f"{prefix}_SETTLE{w}"):
+                    m.next = f"{prefix}_SETTLE1" if w == 0 else then
 
         def resync():
             # not a frame start: drop the candidate's first byte and search from the next
@@ -193,9 +240,10 @@ class LinkEngine(wiring.Component):
             """States that put ``address`` on the bus; ``then(r_data)`` runs when it is valid."""
             with m.State(f"{prefix}_ADDR"):
                 m.d.sync += self.addr.eq(address)
-                m.next = f"{prefix}_WAIT"
-            with m.State(f"{prefix}_WAIT"):
-                m.next = f"{prefix}_DATA"
+                m.next = f"{prefix}_WAIT0"
+            for w in range(self.read_latency):  # the register file's read latency
+                with m.State(f"{prefix}_WAIT{w}"):
+                    m.next = f"{prefix}_WAIT{w + 1}" if w + 1 < self.read_latency else f"{prefix}_DATA"
             with m.State(f"{prefix}_DATA"):
                 with m.If(emit_idle):
                     then(self.r_data)
@@ -274,31 +322,30 @@ class LinkEngine(wiring.Component):
                         m.next = "ID0_ADDR"
                     with m.Elif((ftype == FrameType.REG_READ) & (length == 3)):
                         m.d.sync += reply_type.eq(FrameType.REG_DATA)
-                        m.next = "READ_CHECK"
+                        m.next = "READ_SETTLE0"
                     with m.Elif((ftype == FrameType.REG_WRITE) & (length == 6)):
                         m.d.sync += reply_type.eq(FrameType.REG_ACK)
-                        m.next = "WRITE_CHECK"
+                        m.next = "WRITE_SETTLE0"
                     with m.Else():
                         error(ErrorCode.BAD_REQUEST, 0)
 
             # HELLO: the identity block, register by register, then the board name
             for i, (name, idx, nbytes, swap) in enumerate(IDENTITY_FIELDS):
                 def take(r, nbytes=nbytes, swap=swap, i=i):
-                    value = Cat(r[24:32], r[16:24], r[8:16], r[0:8]) if swap else r
-                    emit(value, nbytes)
+                    emit(SRC_R_DATA_SWAPPED if swap else SRC_R_DATA, nbytes)
                     m.next = f"ID{i + 1}_ADDR" if i + 1 < len(IDENTITY_FIELDS) else "BOARD0"
                 reg_read_states(f"ID{i}", self.regmap.address(name, idx), take)
             for j in range(BOARD_BYTES // 4):
                 with m.State(f"BOARD{j}"):
                     with m.If(emit_idle):
-                        emit(int.from_bytes(self.board[4 * j:4 * j + 4], "little"), 4)
+                        emit(SRC_BOARD + j, 4)
                         m.next = f"BOARD{j + 1}" if j + 1 < BOARD_BYTES // 4 else "DONE"
 
             # REG_READ: every address must exist before any value goes out
             with m.State("READ_CHECK"):
                 with m.If(index == read_count):
                     m.d.sync += index.eq(0)
-                    emit(Cat(req_address, read_count), 3)
+                    emit(SRC_READ_HEADER, 3)
                     m.next = "READ_ADDR"
                     with m.If(read_count == 0):
                         m.next = "DONE"
@@ -306,16 +353,19 @@ class LinkEngine(wiring.Component):
                     error(ErrorCode.BAD_ADDRESS, check_addr)
                 with m.Else():
                     m.d.sync += index.eq(index + 1)
+                    m.next = "READ_SETTLE0"
+            settle("READ", "READ_CHECK")
 
             def read_take(r):
-                emit(r, 4)
+                emit(SRC_R_DATA, 4)
                 m.d.sync += index.eq(index + 1)
                 m.next = "READ_ADDR"
                 with m.If(index + 1 == read_count):
                     m.next = "DONE"
-            reg_read_states("READ", check_addr, read_take)
+            reg_read_states("READ", req_address + index, read_take)
 
             # REG_WRITE: write, then read back what the register holds
+            settle("WRITE", "WRITE_CHECK")
             with m.State("WRITE_CHECK"):
                 with m.If(~exists):
                     error(ErrorCode.BAD_ADDRESS, req_address)
@@ -326,21 +376,22 @@ class LinkEngine(wiring.Component):
                     m.next = "WRITE_STROBE"
             with m.State("WRITE_STROBE"):  # the register file takes the write at this clock's end
                 m.d.sync += self.w_en.eq(0)
-                m.next = "WRITE_WAIT"
-            with m.State("WRITE_WAIT"):  # ... and reads the new value at this one's
-                m.next = "WRITE_DATA"
+                m.next = "WRITE_WAIT0"
+            for w in range(self.read_latency):  # ... and has the new value read after these
+                with m.State(f"WRITE_WAIT{w}"):
+                    m.next = f"WRITE_WAIT{w + 1}" if w + 1 < self.read_latency else "WRITE_DATA"
             with m.State("WRITE_DATA"):
                 with m.If(emit_idle):
-                    emit(req_address, 2)
+                    emit(SRC_ADDRESS, 2)
                     m.next = "WRITE_VALUE"
             with m.State("WRITE_VALUE"):
                 with m.If(emit_idle):
-                    emit(self.r_data, 4)
+                    emit(SRC_R_DATA, 4)
                     m.next = "DONE"
 
             with m.State("ERROR"):
                 m.d.sync += reply_type.eq(FrameType.ERROR)
-                emit(Cat(ftype, err_code, err_addr), 4)
+                emit(SRC_ERROR, 4)
                 m.next = "DONE"
 
             with m.State("DONE"):
@@ -355,6 +406,16 @@ class LinkEngine(wiring.Component):
             words_fifo.w_en.eq(self.words.valid),
             self.words.ready.eq(words_fifo.w_rdy),
         ]
+        # The word the transmitter takes next, in a register: the FIFO's block RAM output
+        # (slow clock-to-out) only feeds this register, never the byte and epoch logic.
+        head = Signal(64)
+        head_valid = Signal()
+        take_head = Signal()
+        m.d.comb += words_fifo.r_en.eq(~head_valid)
+        with m.If(words_fifo.r_rdy & ~head_valid):
+            m.d.sync += [head.eq(words_fifo.r_data), head_valid.eq(1)]
+        with m.Elif(take_head):
+            m.d.sync += head_valid.eq(0)
         word_index = Signal(32)  # words taken from the FIFO into frames, since reset
         epoch = Signal(32)  # the epoch in force after the last word taken
 
@@ -371,25 +432,36 @@ class LinkEngine(wiring.Component):
         word = Signal(64)  # the event word whose bytes are going out
         k = Signal(16)  # payload byte index
         m.d.comb += [k.eq(pos - 6), reply_r.addr.eq(k), self.tx.payload.eq(out)]
-        level = words_fifo.r_level
+        # words waiting (FIFO + head), registered: a clock late it can only undercount, since
+        # only the transmitter's own takes remove words, and none happen in IDLE
+        level = Signal(range(self.word_fifo_depth + 2))
+        m.d.sync += level.eq(words_fifo.r_level + head_valid)
         n_words = Signal(range(self.max_event_words + 1))
-        m.d.comb += n_words.eq(Mux(level > self.max_event_words, self.max_event_words, level))
-        end = Signal(16)  # position of the first CRC byte
-        m.d.comb += end.eq(6 + f_len)
+        m.d.sync += n_words.eq(Mux(words_fifo.r_level + head_valid > self.max_event_words,
+                                   self.max_event_words, words_fifo.r_level + head_valid))
+        end = Signal(16)  # position of the first CRC byte: 6 + f_len, set with it
+        # what SEND does with the byte at ``pos``, registered in FETCH (pos holds still until
+        # SEND), so the UART handshake meets flip-flops, not 16-bit compares
+        in_crc = Signal()
+        crc_first = Signal()
+        frame_last = Signal()
 
         with m.FSM(name="tx"):
             with m.State("IDLE"):
                 m.d.sync += pos.eq(0)
                 with m.If(reply_pending):
                     m.d.sync += [is_reply.eq(1), f_type.eq(reply_type), f_seq.eq(reply_seq),
-                                 f_len.eq(reply_len)]
+                                 f_len.eq(reply_len), end.eq(6 + reply_len)]
                     m.next = "FETCH"
                 with m.Elif(level != 0):
                     m.d.sync += [is_reply.eq(0), f_type.eq(FrameType.EVENTS), f_seq.eq(0),
-                                 f_len.eq(8 + 8 * n_words), f_index.eq(word_index), f_epoch.eq(epoch)]
+                                 f_len.eq(8 + 8 * n_words), end.eq(6 + 8 + 8 * n_words),
+                                 f_index.eq(word_index), f_epoch.eq(epoch)]
                     m.next = "FETCH"
             with m.State("FETCH"):  # work out the byte at ``pos``
                 m.next = "SEND"
+                m.d.sync += [in_crc.eq((pos >= 2) & (pos < end)), crc_first.eq(pos == 2),
+                             frame_last.eq(pos == end + 3)]
                 with m.Switch(pos):
                     with m.Case(0):
                         m.d.sync += out.eq(link.MAGIC[0])
@@ -412,9 +484,9 @@ class LinkEngine(wiring.Component):
                             m.d.sync += out.eq(f_index.word_select(k[:2], 8))
                         with m.Elif(k < 8):
                             m.d.sync += out.eq(f_epoch.word_select(k[:2], 8))
-                        with m.Elif(k[:3] == 0):  # a new word: take it from the FIFO
-                            w = words_fifo.r_data
-                            m.d.comb += words_fifo.r_en.eq(1)
+                        with m.Elif(k[:3] == 0):  # a new word: take it from the head register
+                            w = head
+                            m.d.comb += take_head.eq(1)
                             m.d.sync += [out.eq(w[:8]), word.eq(w >> 8), word_index.eq(word_index + 1)]
                             with m.If(w[60:] == Kind.EPOCH):
                                 m.d.sync += epoch.eq(w[:32])
@@ -428,11 +500,10 @@ class LinkEngine(wiring.Component):
             with m.State("SEND"):
                 m.d.comb += self.tx.valid.eq(1)
                 with m.If(self.tx.ready):
-                    in_crc = (pos >= 2) & (pos < end)
-                    m.d.comb += [tx_crc.data.eq(out), tx_crc.valid.eq(in_crc), tx_crc.start.eq(pos == 2)]
+                    m.d.comb += [tx_crc.data.eq(out), tx_crc.valid.eq(in_crc), tx_crc.start.eq(crc_first)]
                     m.d.sync += pos.eq(pos + 1)
                     m.next = "FETCH"
-                    with m.If(pos == end + 3):
+                    with m.If(frame_last):
                         m.next = "IDLE"
                         with m.If(is_reply):
                             m.d.sync += [reply_pending.eq(0), self.replies_sent.eq(self.replies_sent + 1)]
@@ -442,7 +513,7 @@ class LinkEngine(wiring.Component):
         return m
 
 
-def event_rate_table(bauds=(115_200, 1_000_000, 200_000_000 / 67, 3_000_000)) -> str:
+def event_rate_table(bauds=(115_200, 1_000_000, 100_000_000 / 33, 3_000_000)) -> str:
     """The table in docs/link.md (``python -m qnode.gateware.link_engine``)."""
     lines = ["| baud | words/s, 1024-word frames | words/s, 64-word frames | words/s, 1-word frames |",
              "|---|---|---|---|"]

@@ -117,12 +117,16 @@ class UARTTx(wiring.Component):
         remaining = Signal(range(10))  # bits still to start after the one on the pin
         busy = Signal()
 
+        # ``ready`` is ~busy | (the stop bit's last clock), kept in a register so that the
+        # link engine's handshake logic starts from a flip-flop: it rises with the clock in which
+        # timer goes 1 -> 0 on the stop bit (divisor >= 4, so never right after a load).
+        ready = Signal(init=1)
         last_clock = busy & (timer == 0) & (remaining == 0)  # the stop bit's last clock
-        m.d.comb += self.bytes.ready.eq(~busy | last_clock)
-        with m.If(self.bytes.valid & self.bytes.ready):
+        m.d.comb += self.bytes.ready.eq(ready)
+        with m.If(self.bytes.valid & ready):
             # back to back: the next start bit follows the stop bit with no idle clock
             m.d.sync += [self.pin.eq(0), frame.eq((1 << 8) | self.bytes.payload), remaining.eq(9),
-                         timer.eq(self.divisor - 1), busy.eq(1)]
+                         timer.eq(self.divisor - 1), busy.eq(1), ready.eq(0)]
         with m.Elif(last_clock):
             m.d.sync += busy.eq(0)
         with m.Elif(busy & (timer == 0)):
@@ -130,6 +134,8 @@ class UARTTx(wiring.Component):
                          timer.eq(self.divisor - 1)]
         with m.Elif(busy):
             m.d.sync += timer.eq(timer - 1)
+            with m.If((timer == 1) & (remaining == 0)):
+                m.d.sync += ready.eq(1)
         return m
 
 

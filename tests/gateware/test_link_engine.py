@@ -6,6 +6,7 @@ import random
 import struct
 
 import numpy as np
+import pytest
 from amaranth import Module
 from amaranth.sim import Simulator
 from hypothesis import HealthCheck, given, settings
@@ -24,16 +25,26 @@ IDENTITY = dict(protocol_version=PROTOCOL_VERSION, channel_count=8, bin_ps=1250,
 MAX_CLOCKS = 30_000  # a hang guard, not a timing requirement
 
 
+def register_file(read_latency: int) -> RegisterFile:
+    ghash = int(HASH, 16)
+    return RegisterFile(REGISTER_MAP, constants={
+        **IDENTITY, "gateware_hash": [ghash & 0xFFFF_FFFF, ghash >> 32]},
+        implemented={r.name: 8 for r in REGISTER_MAP if r.name.startswith("ts_")},
+        read_latency=read_latency)
+
+
+# The engine waits the register file's read latency: 1 (one registered decode and mux), or 2
+# (the registered two-stage read path the linked top uses for timing closure).
+latencies = pytest.mark.parametrize("read_latency", [1, 2])
+
+
 class Bench:
     """Engine + register file; ``run`` feeds bytes and words and collects what the engine sends."""
 
-    def __init__(self, *, max_event_words=link.MAX_EVENT_WORDS, word_fifo_depth=64):
+    def __init__(self, *, max_event_words=link.MAX_EVENT_WORDS, word_fifo_depth=64, read_latency=1):
         self.engine = LinkEngine(board="ulx3s", word_fifo_depth=word_fifo_depth,
-                                 max_event_words=max_event_words)
-        ghash = int(HASH, 16)
-        self.regs = RegisterFile(REGISTER_MAP, constants={
-            **IDENTITY, "gateware_hash": [ghash & 0xFFFF_FFFF, ghash >> 32]},
-            implemented={r.name: 8 for r in REGISTER_MAP if r.name.startswith("ts_")})
+                                 max_event_words=max_event_words, read_latency=read_latency)
+        self.regs = register_file(read_latency)
         top = Module()
         top.submodules.engine = e = self.engine
         top.submodules.regs = r = self.regs
@@ -106,8 +117,9 @@ def request(frame_type, seq, payload=b""):
     return link.encode_frame(frame_type, seq, payload)
 
 
-def test_hello_gets_identify_from_the_register_map_with_the_gateware_hash_and_board():
-    frames = Bench().run(request(T.HELLO, 17), until=n_replies(1))
+@latencies
+def test_hello_gets_identify_from_the_register_map_with_the_gateware_hash_and_board(read_latency):
+    frames = Bench(read_latency=read_latency).run(request(T.HELLO, 17), until=n_replies(1))
     (reply,) = frames
     assert (reply.type, reply.seq) == (T.IDENTIFY, 17)
     assert link.Identity.unpack(reply.payload) == link.Identity(
@@ -115,7 +127,8 @@ def test_hello_gets_identify_from_the_register_map_with_the_gateware_hash_and_bo
         sys_clk_khz=200_000, gateware_hash=HASH, board="ulx3s")
 
 
-def test_register_writes_read_back_and_multi_register_reads():
+@latencies
+def test_register_writes_read_back_and_multi_register_reads(read_latency):
     scratch = REGISTER_MAP.address("scratch")
     delay3 = REGISTER_MAP.address("ts_delay_bins", 3)
     data = (request(T.REG_WRITE, 1, link.reg_write_payload(scratch, 0xDEADBEEF))
@@ -124,7 +137,7 @@ def test_register_writes_read_back_and_multi_register_reads():
             + request(T.REG_READ, 4, link.reg_read_payload(REGISTER_MAP.address("protocol_version"), 8))
             + request(T.REG_READ, 5, link.reg_read_payload(delay3 - 1, 3))
             + request(T.REG_READ, 6, link.reg_read_payload(scratch, 0)))
-    frames = Bench().run(data, until=n_replies(6))
+    frames = Bench(read_latency=read_latency).run(data, until=n_replies(6))
     assert [(f.type, f.seq) for f in frames] == [
         (T.REG_ACK, 1), (T.REG_ACK, 2), (T.REG_DATA, 3), (T.REG_DATA, 4), (T.REG_DATA, 5), (T.REG_DATA, 6)]
     assert struct.unpack("<HI", frames[0].payload) == (scratch, 0xDEADBEEF)
@@ -137,7 +150,8 @@ def test_register_writes_read_back_and_multi_register_reads():
     assert link.parse_reg_data(frames[5].payload) == (scratch, [])
 
 
-def test_refused_requests_get_error_replies_naming_the_address():
+@latencies
+def test_refused_requests_get_error_replies_naming_the_address(read_latency):
     pv = REGISTER_MAP.address("protocol_version")
     clear = REGISTER_MAP.address("ts_counters_clear")
     last = max(a for r in REGISTER_MAP for a in r.addresses())
@@ -148,7 +162,7 @@ def test_refused_requests_get_error_replies_naming_the_address():
             + request(0x55, 5)  # unknown type
             + request(T.REG_WRITE, 6, link.reg_write_payload(clear, 1))  # write-only: acked, reads 0
             + request(T.REG_READ, 7, link.reg_read_payload(pv)))  # and the version is unchanged
-    frames = Bench().run(data, until=n_replies(7))
+    frames = Bench(read_latency=read_latency).run(data, until=n_replies(7))
     assert [f.seq for f in frames] == list(range(1, 8))
     errors = [link.struct.unpack("<BBH", f.payload) for f in frames[:5]]
     assert all(f.type == T.ERROR for f in frames[:5])
@@ -215,13 +229,14 @@ def test_garbage_is_skipped_and_counted_and_the_engine_resyncs(garbage):
     assert bench.counters["bad_lengths"] == expected.bad_lengths
 
 
-def test_a_corrupted_frame_is_counted_and_not_executed():
+@latencies
+def test_a_corrupted_frame_is_counted_and_not_executed(read_latency):
     scratch = REGISTER_MAP.address("scratch")
     bad = bytearray(request(T.REG_WRITE, 1, link.reg_write_payload(scratch, 0x1111)))
     bad[8] ^= 0x04  # one bit of the value
     long = request(T.REG_WRITE, 2, bytes(MAX_REQUEST_PAYLOAD + 1))  # valid CRC, but no request is that long
     data = bytes(bad) + long + request(T.REG_READ, 3, link.reg_read_payload(scratch))
-    bench = Bench()
+    bench = Bench(read_latency=read_latency)
     frames = bench.run(data, until=n_replies(1))
     assert [(f.type, f.seq) for f in frames] == [(T.REG_DATA, 3)]
     assert link.parse_reg_data(frames[0].payload) == (scratch, [0])  # the write never happened
@@ -298,3 +313,74 @@ def test_event_rate_of_the_uart():
     # 1024 words in 8210 bytes of 10 line bits
     assert event_rate_words_per_s(3_000_000) == 300_000 * 1024 / 8210
     assert 37_000 < event_rate_words_per_s(3_000_000) < 37_500
+
+
+def read_every_address(read_latency: int, writes: dict[int, int], ro_values: dict[tuple[str, int], int],
+                       addresses: list[int]) -> dict[int, int]:
+    """Write ``writes`` over the bus, set read-only registers, then read ``addresses`` back to
+    back: a new address every clock, each value taken ``read_latency`` clocks after its address."""
+    regs = register_file(read_latency)
+    got = {}
+
+    async def bench(ctx):
+        for (name, i), value in ro_values.items():
+            ctx.set(regs.ro[name][i], value)
+        for address, value in writes.items():
+            ctx.set(regs.addr, address)
+            ctx.set(regs.w_data, value)
+            ctx.set(regs.w_en, 1)
+            await ctx.tick()
+        ctx.set(regs.w_en, 0)
+        pending = []
+        for address in addresses + [None] * read_latency:
+            if address is not None:
+                ctx.set(regs.addr, address)
+            await ctx.tick()
+            pending.append(address)
+            if len(pending) == read_latency:  # set read_latency clocks ago: its value is out
+                done = pending.pop(0)
+                if done is not None:
+                    got[done] = ctx.get(regs.r_data)
+
+    sim = Simulator(regs)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+def test_both_read_latencies_return_every_register_and_a_write_at_once():
+    rng = random.Random(7)
+    rw = [a for r in REGISTER_MAP if r.access.value == "rw" for a in r.addresses()]
+    writes = {a: rng.getrandbits(32) for a in rw}
+    ro_values = {(r.name, i): rng.getrandbits(r.width) for r in REGISTER_MAP
+                 if r.access.value == "ro" and r.name not in IDENTITY and r.name != "gateware_hash"
+                 for i in range(min(r.count, 8 if r.name.startswith("ts_") else r.count))}
+    addresses = list(range(0x400)) + [0xFFFF, 0x1007]  # every bank, holes, beyond the map
+    rng.shuffle(addresses)
+    one = read_every_address(1, writes, ro_values, addresses)
+    two = read_every_address(2, writes, ro_values, addresses)
+    assert one == two
+    ghash = int(HASH, 16)
+    for r in REGISTER_MAP:
+        for i, a in enumerate(r.addresses()):
+            built = i < 8 or not r.name.startswith("ts_")
+            if not built or r.access.value == "wo":
+                expected = 0
+            elif r.access.value == "rw":
+                expected = writes[a] & r.mask
+            elif r.name == "gateware_hash":
+                expected = [ghash & 0xFFFF_FFFF, ghash >> 32][i]
+            elif r.name in IDENTITY:
+                expected = IDENTITY[r.name]
+            else:
+                expected = ro_values[r.name, i]
+            assert two[a] == expected, (r.name, i)
+    assert all(two[a] == 0 for a in addresses if all(a not in r.addresses() for r in REGISTER_MAP))
+
+
+def test_a_register_file_with_another_read_latency_is_refused():
+    with pytest.raises(ValueError, match="read_latency"):
+        LinkEngine(board="ulx3s", read_latency=3)
+    with pytest.raises(ValueError, match="read_latency"):
+        Simulator(register_file(0))
