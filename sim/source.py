@@ -224,6 +224,52 @@ def _merge_sorted(*runs: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
+def _attempts(hits_a, hits_b, sync_times, cycle_ps, burst_ps, delay_ps):
+    """The attempts (sync pulse indices, each run increasing) in which one emitter or both sent a
+    photon, outside the reference bursts (burst_ps 0: no bursts): their photons' arrival base
+    time (sync + delay_ps) and count (1 or 2), in attempt order."""
+    base = np.empty(hits_a.shape[0] + hits_b.shape[0], np.int64)
+    photons = np.empty(base.shape[0], np.int64)
+    i = j = k = 0
+    while i < hits_a.shape[0] or j < hits_b.shape[0]:
+        a = hits_a[i] if i < hits_a.shape[0] else np.iinfo(np.int64).max
+        b = hits_b[j] if j < hits_b.shape[0] else np.iinfo(np.int64).max
+        which = a if a < b else b
+        count = (a == which) + (b == which)
+        i += a == which
+        j += b == which
+        t = sync_times[which]
+        if burst_ps > 0 and t % cycle_ps < burst_ps:
+            continue  # no attempts during a reference burst: the emitters are not excited then
+        base[k] = t + delay_ps
+        photons[k] = count
+        k += 1
+    return base[:k], photons[:k]
+
+
+@njit(cache=True, nogil=True)
+def _beam_split(base, photons, u):
+    """Each attempt's photons all onto the + output where u < 0.5, else onto the - output."""
+    n_plus = n_minus = 0
+    for i in range(base.shape[0]):
+        if u[i] < 0.5:
+            n_plus += photons[i]
+        else:
+            n_minus += photons[i]
+    plus, minus = np.empty(n_plus, np.int64), np.empty(n_minus, np.int64)
+    p = m = 0
+    for i in range(base.shape[0]):
+        for _ in range(photons[i]):
+            if u[i] < 0.5:
+                plus[p] = base[i]
+                p += 1
+            else:
+                minus[m] = base[i]
+                m += 1
+    return plus, minus
+
+
+@njit(cache=True, nogil=True)
 def _unfold(x, starts, ends, lengths):
     """Times x on the bursts laid end to end (sorted), mapped back onto the bursts: burst b
     covers [ends[b] - lengths[b], ends[b]) of x and starts at starts[b]."""
@@ -417,15 +463,12 @@ class PhotonSource:
         # by geometric skips, so the ~1000x more empty attempts cost no random draws.
         p = h.emission_probability * h.transmission
         hits = [_bernoulli_indices(self.rng, p, n) for _ in range(2)]
-        which, photons = np.unique(np.concatenate(hits), return_counts=True)
-        # No attempts during a reference burst: the emitters are not excited then.
-        attempt = ~self._in_burst(sync_times[which])
-        which, photons = which[attempt], photons[attempt]
+        ref = self.lab.reference
+        cycle_ps, burst_ps = (ref.cycle_ps, ref.burst_ps) if ref is not None else (1, 0)
+        base, photons = _attempts(*hits, sync_times, cycle_ps, burst_ps, h.arrival_delay_ps)
         # Two photons are indistinguishable and bunch onto one output (HOM).
-        to_plus = self.rng.random(len(which)) < 0.5
-        base = sync_times[which] + h.arrival_delay_ps
-        for ch, side in ((h.channel_plus, to_plus), (h.channel_minus, ~to_plus)):
-            t = np.repeat(base[side], photons[side])
+        sides = _beam_split(base, photons, self.rng.random(len(base)))
+        for ch, t in zip((h.channel_plus, h.channel_minus), sides):
             if h.emitter_lifetime_ps > 0:
                 t = t + np.rint(self.rng.exponential(h.emitter_lifetime_ps, len(t))).astype(np.int64)
             t.sort()
