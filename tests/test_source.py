@@ -207,3 +207,50 @@ def test_no_click_before_the_lab_clock_starts():
         first = PhotonSource(cfg, seed=seed).generate(2_000_000)  # two sync periods
         assert first["time_ps"].min() >= 0, seed
         assert np.count_nonzero(first["channel"] == 0) == 2  # the sync pulse is kept, not dropped
+
+
+def test_channel_merge_orders_by_time_then_channel():
+    """The two-ended merge against a plain lexsort: ties across channels, runs of odd and even
+    length, empty runs, one dense run among sparse ones."""
+    from qnode.sim.source import merge_channels
+
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        sizes = rng.integers(0, 40, rng.integers(1, 9))
+        if trial % 3 == 0:
+            sizes[0] = 500  # a dense channel, as the sync pulses are
+        runs = [(np.unique(rng.integers(0, 60 + 5 * n, n)), ch) for ch, n in enumerate(sizes)]
+        merged = merge_channels([(t, np.full(len(t), ch, np.uint8)) for t, ch in runs])
+        times = np.concatenate([t for t, _ in runs])
+        channels = np.concatenate([np.full(len(t), ch) for t, ch in runs])
+        order = np.lexsort((channels, times))
+        np.testing.assert_array_equal(merged["time_ps"], times[order])
+        np.testing.assert_array_equal(merged["channel"], channels[order])
+
+
+def test_poisson_times_are_the_cumulated_exponential_gaps():
+    """The compiled cumulation gives the times numpy's cumsum gives, chunk boundaries included."""
+    from qnode.sim.source import _poisson_times
+
+    for rate_hz, t0, t1 in ((1e6, 0, 10**9), (3e4, 5 * 10**11, 5 * 10**11 + 10**10), (1e9, 7, 7 + 10**6)):
+        times = _poisson_times(np.random.default_rng(4), rate_hz, t0, t1)
+        rng, gaps = np.random.default_rng(4), []
+        mean_gap, expected = 1e12 / rate_hz, (t1 - t0) * rate_hz / 1e12
+        total = 0.0
+        while total < t1 - t0:
+            chunk = np.cumsum(rng.exponential(mean_gap, int(expected + 6 * np.sqrt(expected) + 16))) + total
+            total = chunk[-1]
+            gaps.append(chunk)
+        want = np.concatenate(gaps)
+        want = want[want < t1 - t0].astype(np.int64) + t0
+        np.testing.assert_array_equal(times, want)
+        assert times.min() >= t0 and times.max() < t1
+
+
+@pytest.mark.parametrize("jitter_ps", [5.0, 50.0, 900.0, 2e4, 1e12])
+def test_jitter_table_holds_the_rounded_gaussian_in_a_type_wide_enough(jitter_ps):
+    from qnode.sim.source import GAUSSIAN
+
+    table = PhotonSource(reference_lab())._jitter_table(jitter_ps)
+    np.testing.assert_array_equal(table.astype(np.int64), np.rint(GAUSSIAN * jitter_ps).astype(np.int64))
+    assert table.dtype.itemsize < 8 or jitter_ps > 1e9
