@@ -132,14 +132,16 @@ def _ulx3s_platform():
 
 
 def plan_ulx3s(*, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16, seed: int = 1,
-               baud: int | None = None, synth_opts: str = SYNTH_OPTS, gateware_hash: str = "0" * 16):
+               baud: int | None = None, synth_opts: str = SYNTH_OPTS, coincidence: bool = True,
+               herald: bool = True, gateware_hash: str = "0" * 16):
     """(platform, top, build plan) of the ULX3S design; elaboration only, no tools run.
     ``seed``: nextpnr's placement seed; ``synth_opts``: extra options of yosys ``synth_ecp5``."""
     from . import ulx3s
 
     platform = _ulx3s_platform()
     top = ulx3s.ULX3STop(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth,
-                         baud=baud or ulx3s.DEFAULT_BAUD, gateware_hash=gateware_hash)
+                         baud=baud or ulx3s.DEFAULT_BAUD, gateware_hash=gateware_hash,
+                         coincidence=coincidence, herald=herald)
     plan = platform.prepare(top, name=NAME, nextpnr_opts=nextpnr_opts(seed), synth_opts=synth_opts)
     return platform, top, plan
 
@@ -159,13 +161,14 @@ def ulx3s_content_hash(**options) -> str:
 
 def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fifo_depth: int = 16,
                 output_depth: int = 16, seed: int = 1, baud: int | None = None,
-                synth_opts: str = SYNTH_OPTS, force: bool = False) -> BuildReport:
+                synth_opts: str = SYNTH_OPTS, coincidence: bool = True, herald: bool = True,
+                force: bool = False) -> BuildReport:
     from . import ulx3s
     from .manifest import Manifest, content_hash, gateware_hash_of, new_manifest, toolchain_identity
 
     baud = baud or ulx3s.DEFAULT_BAUD
     options = dict(channels=channels, fifo_depth=fifo_depth, output_depth=output_depth, seed=seed,
-                   baud=baud, synth_opts=synth_opts)
+                   baud=baud, synth_opts=synth_opts, coincidence=coincidence, herald=herald)
     toolchain_versions = toolchain_identity()
     _, _, plan0 = plan_ulx3s(**options)  # hash registers at zero: see gateware/manifest.py
     content = content_hash(plan0.files, toolchain_versions)

@@ -17,16 +17,20 @@ def gateware():
 @click.option("--seed", default=1, show_default=True, help="nextpnr placement seed")
 @click.option("--baud", default=3_000_000, show_default=True, help="link UART baud rate")
 @click.option("--synth-opts", default=None, help="extra yosys synth_ecp5 options (default: the build's own)")
+@click.option("--no-coincidence", is_flag=True, help="leave the coincidence unit out of the core")
+@click.option("--no-herald", is_flag=True, help="leave the herald unit out of the core")
 @click.option("--force", is_flag=True, help="rebuild even if this design is in the cache")
 @click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
-def build(board, build_dir, channels, seed, baud, synth_opts, force, as_json):
+def build(board, build_dir, channels, seed, baud, synth_opts, no_coincidence, no_herald, force,
+          as_json):
     """Synthesise, place and route; report fmax and resources; write the bitstream and its
     manifest (cached by content hash: an unchanged design is not rebuilt)."""
     from .build import SYNTH_OPTS, build_ulx3s
     from .capture import ECP5_SCLK_HZ
 
     report = build_ulx3s(build_dir, channels=channels, seed=seed, baud=baud, force=force,
-                         synth_opts=SYNTH_OPTS if synth_opts is None else synth_opts)
+                         synth_opts=SYNTH_OPTS if synth_opts is None else synth_opts,
+                         coincidence=not no_coincidence, herald=not no_herald)
     if as_json:
         click.echo(json.dumps(report.as_dict(), indent=2))
         return

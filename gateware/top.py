@@ -25,13 +25,17 @@ class LinkedTimeTagger(wiring.Component):
     def __init__(self, *, board: str, channels: int = 8, oversampling: int = 8,
                  sys_clk_hz: int = 125_000_000, baud: int = DEFAULT_BAUD,
                  gateware_hash: str = "0" * 16, fifo_depth: int = 16, output_depth: int = 16,
-                 word_fifo_depth: int = 1024, start_now: int = 0, read_latency: int = 2):
+                 word_fifo_depth: int = 1024, start_now: int = 0, read_latency: int = 2,
+                 coincidence: bool = True, herald: bool = True):
+        """``coincidence``/``herald``: build the core's coincidence and herald units (both by
+        default; without them their registers read 0)."""
         self.baud = baud
         self.divisor = divisor_for(sys_clk_hz, baud)
         self.gateware_hash = gateware_hash
         self.core = TimeTaggerCore(channels=channels, oversampling=oversampling,
                                    sys_clk_hz=sys_clk_hz, fifo_depth=fifo_depth,
-                                   output_depth=output_depth, start_now=start_now)
+                                   output_depth=output_depth, start_now=start_now,
+                                   coincidence=coincidence, herald=herald)
         ghash = int(gateware_hash, 16)
         if not 0 <= ghash < 1 << 64:
             raise ValueError(f"gateware_hash {gateware_hash!r} is not 16 hex digits")

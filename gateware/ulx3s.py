@@ -43,12 +43,15 @@ def ulx3s_resources():
 
 class ULX3STop(Elaboratable):
     def __init__(self, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16,
-                 baud: int = DEFAULT_BAUD, gateware_hash: str = "0" * 16):
-        """``gateware_hash``: the manifest's content hash (gateware/manifest.py), 16 hex digits."""
+                 baud: int = DEFAULT_BAUD, gateware_hash: str = "0" * 16,
+                 coincidence: bool = True, herald: bool = True):
+        """``gateware_hash``: the manifest's content hash (gateware/manifest.py), 16 hex digits.
+        ``coincidence``/``herald``: build the core's coincidence and herald units."""
         self.capture = ECP5Capture(channels)
         self.linked = LinkedTimeTagger(board=BOARD, channels=channels, oversampling=OVERSAMPLING,
                                        sys_clk_hz=SYS_CLK_HZ, baud=baud, gateware_hash=gateware_hash,
-                                       fifo_depth=fifo_depth, output_depth=output_depth)
+                                       fifo_depth=fifo_depth, output_depth=output_depth,
+                                       coincidence=coincidence, herald=herald)
         self.core = self.linked.core
 
     def elaborate(self, platform):

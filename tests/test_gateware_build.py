@@ -40,3 +40,16 @@ def test_the_critical_path_names_its_ends_its_delay_and_the_source_lines():
                     "logic_ns": 4.03, "routing_ns": 8.92, "source_lines": ["gateware/timestamper.py:36"]}
     assert critical_path(LOG, CAPTURE_CLOCK_NET)["ns"] == 4.74
     assert critical_path(LOG, "no_such_clock") is None
+
+
+def test_the_core_can_be_built_without_its_coincidence_and_herald_units():
+    from qnode.gateware.build import plan_ulx3s, ulx3s_content_hash
+
+    _, full, plan_full = plan_ulx3s()
+    _, bare, plan_bare = plan_ulx3s(coincidence=False, herald=False)
+    assert (full.core.coincidence, full.core.herald) == (True, True)
+    assert (bare.core.coincidence, bare.core.herald) == (False, False)
+    rtlil = "qnode_ulx3s.il"
+    assert "linked.core.herald" in plan_full.files[rtlil]
+    assert "linked.core.herald" not in plan_bare.files[rtlil]
+    assert ulx3s_content_hash() != ulx3s_content_hash(coincidence=False, herald=False)
