@@ -112,7 +112,7 @@ def main(argv=None):
             ratio = "1" if source == "this tree" else f"{base_cpu / cpu_rate:.2f}x faster"
             table.add_row(name, source, f"{n:,}", f"{rate / 1e6:.1f}", f"{cpu_rate / 1e6:.1f}",
                           f"{rate / lab_rate:.0f}", ratio)
-    Console().print(table)
+    Console(width=max(Console().width, 110)).print(table)
     load = os.getloadavg()[0]
     print(f"load average {load:.1f} on {os.cpu_count()} cores")
     RESULTS.mkdir(exist_ok=True)
