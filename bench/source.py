@@ -7,7 +7,8 @@ the clicks per CPU-second (time.process_time) stand beside the wall rate.
 
 ``--against REV`` also runs the source of git revision REV (its sim/source.py and
 sim/detector.py, imported from a temporary copy), batch for batch interleaved with the working
-tree's in the same process, so both see the same load: the ratio is the speed-up.
+tree's in the same process, so both see the same load: the ratio is the speed-up. Both start
+from the same seed, so the table also says whether the revision gave the very same clicks.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -57,21 +59,27 @@ def source_at_revision(rev: str):
 def measure(cfg, sources, repeats=REPEATS):
     """Per source: median clicks per wall second and per CPU second over ``repeats`` batches, the
     sources taking turns batch by batch (the CPU rate is the steadier one when other processes
-    share the cores; the generator is single-threaded)."""
+    share the cores; the generator is single-threaded), and whether every batch was the same
+    clicks as the first source's."""
     gens = {name: cls(cfg) for name, cls in sources.items()}
     for src in gens.values():
         src.generate(BATCH_PS)  # compile the kernels, fill the pipeline
     wall = {name: [] for name in gens}
     cpu = {name: [] for name in gens}
     n_events = {}
+    same = dict.fromkeys(gens, True)
     for _ in range(repeats):
+        first = None
         for name, src in gens.items():
             t0, c0 = time.perf_counter(), time.process_time()
             clicks = src.generate(BATCH_PS)
             wall[name].append(len(clicks) / (time.perf_counter() - t0))
             cpu[name].append(len(clicks) / max(time.process_time() - c0, 1e-9))
             n_events[name] = len(clicks)
-    return {name: (statistics.median(wall[name]), statistics.median(cpu[name]), n_events[name]) for name in gens}
+            first = clicks if first is None else first
+            same[name] &= bool(np.array_equal(clicks, first))
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name]), n_events[name], same[name])
+            for name in gens}
 
 
 def main(argv=None):
@@ -93,14 +101,15 @@ def main(argv=None):
     workloads["bright (pairs x20)"] = bright
 
     results = {}
-    table = Table(title=f"photon source: clicks generated per second (median of {args.repeats} batches)")
-    for col in ("workload", "source", "clicks per 100 ms batch", "M clicks/s (wall)", "M clicks/CPU-s",
-                "x real time", "CPU-s ratio"):
+    table = Table(title=f"photon source: clicks generated per second, median of {args.repeats} batches of 100 ms "
+                        "(CPU-s ratio: this tree's clicks per CPU-s over the source's)")
+    for col in ("workload", "source", "clicks a batch", "M clicks/s wall", "M clicks/CPU-s", "x real time",
+                "CPU-s ratio", "same clicks"):
         table.add_column(col, justify="right")
     for name, c in workloads.items():
         measured = measure(c, sources, args.repeats)
         base_cpu = measured["this tree"][1]
-        for source, (rate, cpu_rate, n) in measured.items():
+        for source, (rate, cpu_rate, n, same) in measured.items():
             lab_rate = n / (BATCH_PS * 1e-12)
             entry = {"clicks_per_batch": n, "events_per_s": rate, "events_per_cpu_s": cpu_rate,
                      "x_real_time": rate / lab_rate}
@@ -108,10 +117,11 @@ def main(argv=None):
                 results[name] = entry
             else:
                 entry["this_tree_cpu_speedup"] = base_cpu / cpu_rate
+                entry["same_clicks_as_this_tree"] = same
                 results[name].setdefault("against", {})[source] = entry
-            ratio = "1" if source == "this tree" else f"{base_cpu / cpu_rate:.2f}x faster"
+            ratio = "1" if source == "this tree" else f"{base_cpu / cpu_rate:.2f}x"
             table.add_row(name, source, f"{n:,}", f"{rate / 1e6:.1f}", f"{cpu_rate / 1e6:.1f}",
-                          f"{rate / lab_rate:.0f}", ratio)
+                          f"{rate / lab_rate:.0f}", ratio, "" if source == "this tree" else "yes" if same else "NO")
     Console(width=max(Console().width, 110)).print(table)
     load = os.getloadavg()[0]
     print(f"load average {load:.1f} on {os.cpu_count()} cores")
