@@ -37,8 +37,9 @@ outcome or when the deciding click came: ``PIN_LATENCY = 6`` clocks from the sam
 completes the condition (the one holding the window's last bin) to the pin. ``record`` carries
 the HERALD fields in the same clock as the pin's rising edge (``record.valid`` for one clock).
 
-One attempt is evaluated at a time. The next window is taken from the queue the clock after a
-decision (or at once when idle); if a click at S could already have been seen then (``S`` at or
+One attempt is evaluated at a time. The next window is taken from the queue (through a
+register after it: a sync tag's attempt can be taken 4 clocks after the tag was seen) the clock
+after a decision (or at once when idle); if a click at S could already have been seen then (``S`` at or
 below ``(now - 3)*N + N - 1 + d_max``, d_max the largest delay of the watched channels), the
 attempt is counted ``late`` and skipped, never decided on partial clicks. With the reference
 lab's 1 us between attempts and 10 ns windows this never happens.
@@ -176,11 +177,15 @@ class HeraldUnit(wiring.Component):
         last_off = Signal(OFFSET_SPAN_BITS)
         last_bin = Signal(TIME_BITS)  # E: the attempt's last bin
 
+        # the next attempt, registered after the queue (its block RAM output is slow): the late
+        # compare below and the window registers' loads start from flip-flops
         head = Signal(Attempt)
-        m.d.comb += head.eq(queue.r_data)
+        head_valid = Signal()
         take = Signal()
-        m.d.comb += take.eq(queue.r_rdy & (~active | deciding))
-        m.d.comb += queue.r_en.eq(take)
+        m.d.comb += take.eq(head_valid & (~active | deciding))
+        m.d.comb += queue.r_en.eq(~head_valid | take)
+        with m.If(queue.r_en):
+            m.d.sync += [head.eq(queue.r_data), head_valid.eq(queue.r_rdy)]
         head_late = Signal()
         # taken now, evaluated from the next clock: a click at S may already be in this clock
         m.d.comb += head_late.eq(head.start <= seen_max)
@@ -248,23 +253,23 @@ class HeraldUnit(wiring.Component):
 
         last_offset = Signal(OFFSET_SPAN_BITS)
         m.d.comb += last_offset.eq(Mux(self.rule == RULE_TWO, self.late_bins, 0) + self.length_bins - 1)
+        m.d.sync += self.late.eq(0)
         with m.If(take):
             off = (self.rule == RULE_OFF) | (self.length_bins == 0)
-            with m.If(head_late | off):
-                m.d.sync += active.eq(0)
-                m.d.comb += self.late.eq(head_late & ~off)
-            with m.Else():
-                s = head.start
-                m.d.sync += [
-                    active.eq(1), start.eq(s), attempt_no.eq(head.number),
-                    two.eq(self.rule == RULE_TWO), single.eq(self.rule == RULE_SINGLE),
-                    early_len.eq(self.length_bins),
-                    late_off.eq(self.late_bins),
-                    late_end.eq(self.late_bins + self.length_bins),
-                    last_off.eq(last_offset),
-                    last_bin.eq(s + last_offset),
-                    early_n.eq(0), late_n.eq(0), veto.eq(0),
-                ]
+            # the window registers load on every take, late or not (only ``active`` waits for
+            # the late compare), so the wide clock enables hang on ``take`` alone
+            s = head.start
+            m.d.sync += [
+                active.eq(~(head_late | off)), start.eq(s), attempt_no.eq(head.number),
+                two.eq(self.rule == RULE_TWO), single.eq(self.rule == RULE_SINGLE),
+                early_len.eq(self.length_bins),
+                late_off.eq(self.late_bins),
+                late_end.eq(self.late_bins + self.length_bins),
+                last_off.eq(last_offset),
+                last_bin.eq(s + last_offset),
+                early_n.eq(0), late_n.eq(0), veto.eq(0),
+            ]
+            m.d.sync += self.late.eq(head_late & ~off)  # the pulse a clock after the take
             m.d.sync += deciding.eq(0)
         with m.Elif(deciding):
             m.d.sync += [active.eq(0), deciding.eq(0)]

@@ -23,7 +23,8 @@ RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
 OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
 SEEN_LATENCY = WRITE_LATENCY
 PIN_LATENCY = SEEN_LATENCY + 3
-QUEUE_LATENCY = 3  # the sync tag registered, written at P + 1, at the queue's head at P + 3
+QUEUE_LATENCY = 4  # the sync tag registered, written at P + 1, at the queue's head at P + 3,
+# in the next-attempt register at P + 4
 ATTEMPT_BITS = 18
 DELAY_MAX = (1 << 16) - 1
 
@@ -234,7 +235,7 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, off, start_now)
     if n_clocks is not None:
         attempt_seen = push + 1 < n_clocks  # the registered sync tag pulses ``attempt``
-        late &= take < n_clocks
+        late &= take + 1 < n_clocks  # the ``late`` pulse is registered: a clock after the take
         decided = np.where(decided + 1 < n_clocks, decided, -1)  # results show at decided + 1
     else:
         attempt_seen = np.ones(len(push), bool)
