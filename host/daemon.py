@@ -16,6 +16,7 @@ becomes loss records. A failing request gets an error reply; the daemon stays up
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hmac
 import json
@@ -34,6 +35,7 @@ import numpy as np
 import zmq
 
 from qnode.drivers.timetagger import TimeTagger
+from qnode.firmware.link import LinkError
 from qnode.firmware.events import EVENT_DTYPE, Kind
 from qnode.firmware.registers import REGISTER_MAP
 
@@ -73,6 +75,7 @@ class LinkSource:
     def __init__(self, tagger: TimeTagger):
         self.tagger = tagger
         self.lock = threading.Lock()  # register access and reads share one link
+        self.applied: dict | None = None  # the [fpga] settings as the device read them back
 
     def read(self, timeout_s: float) -> np.ndarray:
         with self.lock:
@@ -85,6 +88,7 @@ class LinkSource:
             "url": t.url, "suspect": t.suspect,
             "identity": None if ident is None else ident.__dict__,
             "link": t.stats.__dict__,
+            "applied": self.applied,
             "decode": None if t.decode_stats is None else {
                 k: v for k, v in t.decode_stats.__dict__.items() if k != "lost_by_channel"},
         }
@@ -347,6 +351,29 @@ class Daemon:
         self.source = LinkSource(tagger)
         log.info("time tagger %s: gateware %s on %s", url, tagger.identity.gateware_hash,
                  tagger.identity.board)
+        self._apply_fpga_settings(tagger)
+
+    def _apply_fpga_settings(self, tagger: TimeTagger) -> None:
+        """Write the config's [fpga] settings (channels, coincidence patterns, herald rule) to
+        the time tagger; a device that refuses one stops the start with a message naming it."""
+        fpga = self.config.fpga
+        where = self.config.source_path or "the config"
+        try:
+            applied = tagger.apply_config(fpga)
+        except (LinkError, ValueError) as exc:
+            raise RuntimeError(f"{where}: the [fpga] settings could not be written to {tagger.url}: {exc}") from None
+        self.source.applied = {
+            "channels": applied["channels"],
+            "coincidence": [dataclasses.asdict(p) for p in applied["coincidence"]],
+            "herald": dataclasses.asdict(applied["herald"]),
+        }
+        h = applied["herald"]
+        if h.rule != "off" and tagger.read_register("herald_latency_clocks") == 0:
+            log.warning("%s: [fpga.herald] rule %s, but this time tagger reports no herald unit "
+                        "(herald_latency_clocks = 0): it will give no heralds", where, h.rule)
+        log.info("time tagger settings: %d channels; %d coincidence pattern(s); herald %s (sync %d, "
+                 "detectors %s, veto %s, window %d + %d ps)", len(applied["channels"]), len(applied["coincidence"]),
+                 h.rule, h.sync_channel, h.detectors, h.veto, h.offset_ps, h.length_ps)
 
     def _open_instruments(self) -> None:
         from qnode.drivers.registry import make_instrument

@@ -50,6 +50,20 @@ def _why_no_heralds(node: Client) -> str:
     return ""
 
 
+def expected_herald_note(cfg: LabConfig) -> str:
+    """What the simulated lab's physics gives for the config's herald rule (sim/expected_rates.py)."""
+    if cfg.fpga.link != "sim://" or cfg.fpga.herald.rule != "single_click":
+        return ""
+    from qnode.sim.expected_rates import expected_heralds
+
+    try:
+        e = expected_heralds(cfg)
+    except ValueError:
+        return ""
+    return (f"; the lab's physics gives {e.rate_hz:,.0f} /s: {e.per_clean_attempt:.2e} per attempt outside the "
+            f"reference bursts, {e.per_attempt:.2e} per attempt over all {e.attempts_hz:,.0f} /s")
+
+
 def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Console) -> int:
     out = Path(out_dir or cfg.recording.directory)
     path = out / f"{cfg.node.name}-{dt.datetime.now():%Y%m%d-%H%M%S}.h5"
@@ -83,7 +97,14 @@ def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Co
         g2 = node.call("measure.g2", window_ps=PEAK_WINDOW_PS, **g2_params) if g2_params else None
         heralds = node.call("measure.heralds")
         status = node.call("status")
-        herald_note = "" if heralds["total"] else _why_no_heralds(node)
+        herald_note = expected_herald_note(cfg) if heralds["total"] else _why_no_heralds(node)
+        patterns = [[[int(c) for c in cfg.fpga.coincidence_channels(p)], cfg.fpga.coincidence[p].window_ps]
+                    for p in range(len(cfg.fpga.coincidence))]
+        try:
+            fpga_coinc = [node.call("registers.read", name="coinc_count", index=p)["value"]
+                          for p in range(len(patterns))]
+        except (ApiError, TimeoutError):
+            fpga_coinc = []
 
     table = Table(title=f"{cfg.node.name}: {recording['duration_s']:.1f} s recorded")
     for col, justify in (("ch", "right"), ("name", "left"), ("rate", "right")):
@@ -102,7 +123,13 @@ def run_demo(cfg: LabConfig, *, seconds: float, out_dir: str | None, console: Co
             f"pair source {names.get(pair[0])}-{names.get(pair[1])}: g2 peak at {peak:+,.0f} ps, "
             f"{counts[window].sum() / duration_s:,.0f} coincidences/s in +-{PEAK_WINDOW_PS // 2} ps, "
             f"CAR {g2.get('car', float('nan')):.0f}")
-    console.print(f"heralds: {heralds['total']} ({heralds['rate_hz']:.1f} /s)" + herald_note)
+    by_outcome = heralds.get("by_outcome", [])
+    outcomes = f", psi+ {by_outcome[1]}, psi- {by_outcome[2]}" if heralds["total"] and len(by_outcome) > 2 else ""
+    console.print(f"heralds: {heralds['total']} ({heralds['rate_hz']:.1f} /s{outcomes})" + herald_note)
+    for p, count in enumerate(fpga_coinc):
+        chans = "+".join(names.get(c, str(c)) for c in patterns[p][0])
+        console.print(f"gateware coincidence pattern {p} ({chans}, {patterns[p][1]:,} ps): {count:,} counted "
+                      "since the daemon started")
     losses = status["losses"]
     console.print(f"losses: {losses['in_band_events']} events in band, {losses['link_words']} words on the link, "
                   f"{losses['invalid_words']} invalid words, {recording['lost_events']} recorder")

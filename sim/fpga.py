@@ -32,7 +32,8 @@ from qnode.firmware.registers import REGISTER_MAP, Access
 from qnode.host.config import LabConfig
 
 from .source import PhotonSource
-from .twin import COUNTER_NAMES, Twin, TwinConfig, edges_from_pulses
+from .twin import COUNTER_NAMES, PATTERNS, UNIT_COUNTER_NAMES, Twin, TwinConfig, edges_from_pulses, timestamp
+from .twin_herald import PIN_LATENCY, RULE_OFF, RULE_TWO, HeraldSettings
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,17 @@ class SimulatedFpga:
         self._set("gateware_hash", ghash & 0xFFFF_FFFF, 0)
         self._set("gateware_hash", ghash >> 32, 1)
 
+        self._set("herald_latency_clocks", PIN_LATENCY)  # this build has the herald unit
+
         self.lab = lab
         PhotonSource(config).generate(1_000_000)  # load the compiled kernels before serving
         self.source = PhotonSource(config, phase_rad=lab.phase_rad if lab is not None else None)
-        # The timestamper's per-channel registers start from the config, as the daemon would
-        # write them; register writes (delay calibration, enabling a channel) act from the next
-        # production step on.
-        for ch in fpga.channels:
-            self._set("ts_delay_bins", round(ch.delay_ps / self.bin_ps), ch.index)
-            self._set("ts_enable", int(ch.enabled), ch.index)
-            self._set("ts_edge", int(ch.edge == "falling"), ch.index)
-            self._set("ts_dead_time_bins", round(ch.dead_time_ps / self.bin_ps), ch.index)
+        # Every register starts at its reset value, as the gateware's do after power-up: the
+        # host writes the config's settings (channels, coincidence patterns, herald rule). A write
+        # acts from the next production step on.
+        self._carry_bins = np.zeros(0, np.int64)  # sync clicks whose attempts the last step left open
+        self._carry_channel = -1
+        self._first_attempt = 0  # attempt number (since reset) of the next step's first attempt
         self.pulse_width_bins = max(1, PULSE_WIDTH_PS // self.bin_ps)
         self.word_index = 0  # words handed to the link so far (the EVENTS frame index)
         self.epoch = -1  # epoch the receiver holds
@@ -139,23 +140,41 @@ class SimulatedFpga:
                     return self._error(frame, link.ErrorCode.READ_ONLY, address)
                 if self._access[address] == Access.RW:
                     self.registers[address] = value
-                elif address == REGISTER_MAP.address("ts_counters_clear") and value & 1:
-                    for name in COUNTER_NAMES:
-                        for c in range(REGISTER_MAP[name].count):
-                            self.registers[REGISTER_MAP.address(name, c)] = 0
+                elif value & 1:
+                    self._clear(address)
                 readback = self.registers[address] if self._access[address] == Access.RW else 0
                 return link.encode_frame(T.REG_ACK, frame.seq, link.struct.pack("<HI", address, readback))
         except link.struct.error:
             pass
         return self._error(frame, link.ErrorCode.BAD_REQUEST, 0)
 
+    def _clear(self, address: int) -> None:
+        """A write of 1 to one of the counters_clear strobes: zero its block's counters."""
+        blocks = {"ts_counters_clear": COUNTER_NAMES,
+                  "coinc_counters_clear": ("coinc_count",),
+                  "herald_counters_clear": tuple(n for n in UNIT_COUNTER_NAMES if n.startswith("herald_"))}
+        for strobe, names in blocks.items():
+            if address == REGISTER_MAP.address(strobe):
+                for name in names:
+                    for c in range(REGISTER_MAP[name].count):
+                        self.registers[REGISTER_MAP.address(name, c)] = 0
+
     def _error(self, frame: link.Frame, code: link.ErrorCode, address: int) -> bytes:
         return link.encode_frame(link.FrameType.ERROR, frame.seq, link.error_payload(frame.type, code, address))
 
     # -- the event stream ---------------------------------------------------------------
 
+    def herald_settings(self) -> HeraldSettings:
+        """The herald unit's registers as they stand now."""
+        return HeraldSettings(
+            rule=self._get("herald_rule"), sync_channel=self._get("herald_sync_channel"),
+            detector_mask=self._get("herald_detector_mask"), veto_mask=self._get("herald_veto_mask"),
+            offset_bins=self._get("herald_offset_bins"), length_bins=self._get("herald_length_bins"),
+            late_bins=self._get("herald_late_bins"), pin_clocks=self._get("herald_pin_clocks"))
+
     def twin_config(self) -> TwinConfig:
-        """The twin's build parameters and the timestamper registers as they stand now."""
+        """The twin's build parameters and the timestamper, coincidence and herald registers as
+        they stand now."""
         n = self.channels
         return TwinConfig(
             channels=n, oversampling=self.config.fpga.oversampling, sys_clk_hz=self.config.fpga.sys_clk_hz,
@@ -163,6 +182,11 @@ class SimulatedFpga:
             edge=[self._get("ts_edge", c) for c in range(n)],
             delay_bins=[self._get("ts_delay_bins", c) for c in range(n)],
             dead_time_bins=[self._get("ts_dead_time_bins", c) for c in range(n)],
+            coinc_mask=[self._get("coinc_mask", p) for p in range(PATTERNS)],
+            coinc_window_bins=[self._get("coinc_window_bins", p) for p in range(PATTERNS)],
+            coinc_min_fold=[self._get("coinc_min_fold", p) for p in range(PATTERNS)],
+            coinc_emit=self._get("coinc_emit"),
+            herald=self.herald_settings(),
         )
 
     def produce(self, duration_ps: int) -> np.ndarray:
@@ -172,6 +196,11 @@ class SimulatedFpga:
         step), so dead time does not carry across steps and, when channels have different
         delays, a tag at a step boundary may trail one from the previous step by up to the
         delay difference: documented limits of the simulated FPGA, not of the gateware.
+
+        Herald attempts do carry across steps: an attempt whose window (49 us after its sync in
+        the reference lab) is not complete by the step's last click is decided in the next step,
+        whose run starts with that sync again (its TAG is not sent twice, its attempt not counted
+        twice), and attempts are numbered from reset, as the gateware numbers them.
         """
         if self.lab is not None:
             self.lab.apply_to(self.source)
@@ -179,16 +208,75 @@ class SimulatedFpga:
         if len(clicks) == 0:
             return np.empty(0, np.uint64)
         cfg = self.twin_config()
+        h = cfg.herald
         bins = clicks["time_ps"] // self.bin_ps
+        chans = clicks["channel"]
+        first_new_bin = int(bins[0])
+        if len(self._carry_bins) and self._carry_channel == h.sync_channel:
+            bins = np.concatenate([self._carry_bins, bins])
+            chans = np.concatenate([np.full(len(self._carry_bins), h.sync_channel, chans.dtype), chans])
         cfg.start_now = int(bins[0]) // cfg.oversampling
-        edges = edges_from_pulses(bins, clicks["channel"], self.pulse_width_bins, cfg)
+        edges = edges_from_pulses(bins, chans, self.pulse_width_bins, cfg)
         result = Twin(cfg).run(edges=edges)
-        for name, values in result.counters.items():
+        words = result.words
+        counters = {name: np.array(v, np.int64) for name, v in result.counters.items()}
+        counters.update({name: np.array(v, np.int64) for name, v in result.unit_counters.items()})
+        words = self._carry_attempts(cfg, edges, bins, chans, first_new_bin, result, words, counters)
+        for name, values in counters.items():
             for c, v in enumerate(values):
                 address = REGISTER_MAP.address(name, c)
                 self.registers[address] = (self.registers[address] + int(v)) & 0xFFFF_FFFF
-        words = result.words
         return words[1:] if len(words) and (int(words[0]) >> 60) == Kind.HEADER else words
+
+    def _carry_attempts(self, cfg: TwinConfig, edges, bins, chans, first_new_bin: int, result, words,
+                        counters) -> np.ndarray:
+        """Attempts across steps: drop what the run repeated (the carried syncs' TAGs and
+        attempts), drop the heralds of attempts left open (their windows reach past the step's
+        last click: decided next step), number attempts from reset, and carry the open ones."""
+        h = cfg.herald
+        sync = h.sync_channel
+        only_sync = [e if c == sync else e[:0] for c, e in enumerate(edges)]
+        sync_entries = timestamp(only_sync, cfg)
+        sync_edges = sync_entries.time[sync_entries.channel(sync)] - cfg.delay_bins[sync]
+        repeated = int(np.count_nonzero(sync_edges < first_new_bin))  # the carried syncs, run again
+        deciding = h.rule != RULE_OFF and h.length_bins > 0
+        if deciding:
+            watched = [c for c in range(cfg.channels) if ((h.detector_mask | h.veto_mask) >> c) & 1]
+            d_min = min((cfg.delay_bins[c] for c in watched), default=0)
+            span = h.late_bins + h.length_bins if h.rule == RULE_TWO else h.length_bins
+            # an attempt is complete once every click up to its last window bin is in: clicks
+            # up to the last one of this step are (the next step's come later)
+            last_seen = int(bins[-1]) + d_min
+            open_from = int(np.count_nonzero(sync_edges + cfg.delay_bins[sync] + h.offset_bins + span - 1
+                                             <= last_seen))
+        else:
+            open_from = len(sync_edges)
+        open_from = max(open_from, repeated)  # an attempt carried before is decided now at the latest
+
+        kinds = words >> np.uint64(60)
+        keep = np.ones(len(words), bool)
+        if repeated:
+            is_sync_tag = (kinds == Kind.TAG) & (((words >> np.uint64(54)) & np.uint64(63)) == sync)
+            keep[np.flatnonzero(is_sync_tag)[:repeated]] = False
+            counters["ts_tag_count"][sync] -= repeated
+            if "herald_attempt_count" in counters:
+                counters["herald_attempt_count"][0] -= repeated
+        res = result.heralds
+        if res is not None:
+            herald_at = np.flatnonzero(kinds == Kind.HERALD)
+            if len(herald_at) == len(res.attempt_index):  # every herald reached the stream
+                done = res.attempt_index < open_from
+                keep[herald_at[~done]] = False
+                mask = np.uint64((1 << 18) - 1) << np.uint64(32)
+                number = ((self._first_attempt + res.attempt_index[done]) & ((1 << 18) - 1)).astype(np.uint64)
+                words = words.copy()
+                words[herald_at[done]] = (words[herald_at[done]] & ~mask) | (number << np.uint64(32))
+                counters["herald_success_count"] = np.bincount(res.outcome[done] - 1, minlength=4)[:4]
+        self._first_attempt += open_from
+        self._carry_bins = np.sort(bins[chans == sync])[-(len(sync_edges) - open_from):] \
+            if len(sync_edges) > open_from else np.zeros(0, np.int64)
+        self._carry_channel = sync
+        return words[keep]
 
     def drop(self, words: np.ndarray) -> None:
         """Words the link could not take: counted per channel, to be sent as LOSS records."""

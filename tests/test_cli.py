@@ -26,6 +26,9 @@ def test_run_records_the_simulated_lab_and_prints_rates(tmp_path):
     for expected in ("sync", "spdc_a", "/s", "g2 peak at", "CAR", "heralds:", "losses: 0 events in band",
                      "dashboard http://127.0.0.1:"):
         assert expected in text, expected
+    heralds = re.search(r"heralds:\s*(\d+)\s*\(([\d.]+)\s*/s", text)
+    assert heralds and int(heralds[1]) > 0 and float(heralds[2]) > 0  # the config's herald rule, written and run
+    assert re.search(r"the\s*lab's\s*physics\s*gives", text)
     files = list(tmp_path.glob("*.h5"))
     assert len(files) == 1 and files[0].name in text
 

@@ -21,6 +21,7 @@ from qnode.host.client import Client, Subscriber
 from qnode.host.config import load_config
 from qnode.host.daemon import Daemon, FileSource
 from qnode.host.recorder import Recorder, clear_status_flags, recording_files
+from qnode.sim.expected_rates import expected_heralds
 
 
 @pytest.fixture(scope="module")
@@ -455,3 +456,83 @@ def test_qnode_replay_plays_a_file_and_ends(daemon, node, tmp_path):
         f["x"] = [1]
     out = qnode("replay", str(other), "--max", "--control", "tcp://127.0.0.1:0", "--stream", "tcp://127.0.0.1:0")
     assert out.returncode == 2 and "is not a qnode recording" in out.stderr
+
+
+def test_the_daemon_writes_the_configs_fpga_settings_to_the_time_tagger(daemon, node):
+    """The simulated FPGA starts at the registers' reset values, like the gateware: what it
+    holds now, the daemon wrote from the config (channels, herald rule, coincidence patterns)."""
+    applied = node.call("status")["source"]["applied"]
+    assert applied["herald"] == {"rule": "single_click", "sync_channel": 0, "detectors": [3, 4], "veto": [],
+                                 "offset_ps": 49_012_000, "length_ps": 10_000, "late_ps": 0, "pin_clocks": 1}
+    assert applied["coincidence"] == [{"channels": [1, 2], "window_ps": 10_000, "min_fold": 0, "emit": True}]
+    assert applied["channels"]["3"] == {"delay_ps": 0, "dead_time_ps": 8000, "edge": "rising", "enabled": True}
+
+    def reg(name, index=0):
+        return node.call("registers.read", name=name, index=index)["value"]
+
+    assert [reg("ts_dead_time_bins", c) for c in range(8)] == [8] * 8  # 8000 ps in 1000 ps bins
+    assert (reg("herald_rule"), reg("herald_detector_mask"), reg("herald_offset_bins"), reg("herald_length_bins")) \
+        == (1, 0b11000, 49_012, 10)
+    assert (reg("coinc_mask", 0), reg("coinc_window_bins", 0), reg("coinc_emit"), reg("coinc_mask", 1)) \
+        == (0b110, 10, 1, 0)
+
+
+def within_poisson(observed: int, expected: float, sigmas: float = 4.0) -> None:
+    assert abs(observed - expected) <= sigmas * np.sqrt(expected), (observed, expected)
+
+
+def test_heralds_reach_the_heralds_topic_at_the_labs_rate_and_the_recording(tmp_path):
+    """Single-click heralds of the reference lab on the `heralds` PUB topic, at the rate its
+    physics gives (sim/expected_rates.py: 2 alpha eta per clean attempt, plus the reference
+    bursts' light in the windows that fall in them), and the same heralds in the recording.
+    Its own daemon: the shared one's 10-message PUB queue is for the slow-subscriber test; the
+    lab runs at half speed so that a busy machine keeps up (rates are per lab second)."""
+    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
+                sim_speed=0.5) as daemon, Client(daemon.control_url, timeout_s=10) as node:
+        _heralds_on_topic_and_file(daemon, node, tmp_path)
+
+
+def _heralds_on_topic_and_file(daemon, node, tmp_path):
+    expected = expected_heralds(daemon.config)
+    assert 1.6e3 < expected.rate_hz < 1.9e3 and 8.4e-4 < expected.per_clean_attempt < 8.7e-4
+    path = tmp_path / "heralds.h5"
+    batches = []
+    with Subscriber(daemon.stream_url, topics=["heralds"]) as sub:
+        time.sleep(0.3)  # subscription settles
+        node.call("record.start", path=str(path))
+        lab_s = 0.0
+        until = time.monotonic() + 120.0  # a loop bound only: listen for 3 s of lab time
+        while lab_s < 3.0 and time.monotonic() < until:
+            msg = sub.receive(timeout_s=0.5)
+            if msg is not None:
+                topic, header, arrays = msg
+                assert topic == "heralds" and header["count"] == len(arrays["heralds"])
+                batches.append(arrays["heralds"])
+                lab_s = (batches[-1]["time_ps"].max() - batches[0]["time_ps"].min()) * 1e-12
+        rec = node.call("record.stop")
+        with h5py.File(path, "r") as f:
+            recorded = f["/qnode/heralds"][:]
+            attempts = int(np.count_nonzero(f["/photon_data/detectors"][:] == 0))  # sync tags: one attempt each
+        last_ps = int(recorded["time_ps"].max()) if len(recorded) else 0
+        until = time.monotonic() + 30.0  # the recording's last heralds, still on their way
+        while time.monotonic() < until and max((int(b["time_ps"].max()) for b in batches), default=0) <= last_ps:
+            msg = sub.receive(timeout_s=0.5)
+            if msg is not None:
+                batches.append(msg[2]["heralds"])
+    assert sub.missed.get("heralds", 0) == 0
+    heralds = np.concatenate(batches)
+    assert heralds.dtype == EVENT_DTYPE and np.all(heralds["kind"] == Kind.HERALD)
+    assert set(heralds["channel"].tolist()) == {3, 4}
+    assert set((heralds["aux"] >> HERALD_ATTEMPT_BITS).tolist()) == {1, 2}  # psi+ on D+, psi- on D-
+    span_s = (heralds["time_ps"].max() - heralds["time_ps"].min()) * 1e-12
+    assert span_s > 2.9
+    within_poisson(len(heralds) - 1, expected.rate_hz * span_s)
+
+    assert rec["error"] is None and rec["dropped_batches"] == 0
+    assert attempts > 1_000_000
+    within_poisson(len(recorded), expected.per_attempt * attempts)
+    published = set(zip(heralds["time_ps"].tolist(), heralds["channel"].tolist()))
+    assert set(zip(recorded["time_ps"].tolist(), recorded["channel"].tolist())) <= published
+    attempt_mod = (1 << HERALD_ATTEMPT_BITS) - 1
+    assert np.array_equal(recorded["attempt"], (heralds["aux"] & attempt_mod)[np.isin(heralds["time_ps"],
+                                                                                       recorded["time_ps"])])

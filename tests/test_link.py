@@ -294,6 +294,81 @@ def test_simulated_fpga_serves_the_twin_with_register_settings(config):
     assert device._get("ts_tag_count", 0) == 20_000
 
 
+def test_simulated_fpga_starts_at_the_register_reset_values(config):
+    """Like the gateware after power-up: nothing of the config until the host writes it."""
+    from qnode.firmware.registers import REGISTER_MAP
+
+    device = SimulatedFpga(config)
+    assert config.fpga.channels[0].dead_time_ps == 8000 and config.fpga.herald.rule == "single_click"
+    assert device._get("ts_dead_time_bins", 0) == REGISTER_MAP["ts_dead_time_bins"].reset == 0
+    assert device._get("herald_rule") == 0 and device._get("coinc_mask", 0) == 0
+    assert device._get("herald_latency_clocks") == 6  # this build has a herald unit
+
+
+def _write_reference_units(device):
+    """The reference lab's herald rule and SPDC pattern, register by register (bins)."""
+    for name, value in (("herald_rule", 1), ("herald_sync_channel", 0), ("herald_detector_mask", 0b11000),
+                        ("herald_offset_bins", 49_012), ("herald_length_bins", 10), ("coinc_mask", 0b110),
+                        ("coinc_window_bins", 10), ("coinc_emit", 0b1)):
+        device._set(name, value)
+
+
+def test_simulated_fpga_heralds_as_one_run_of_the_herald_unit_would_across_its_steps(config):
+    """The herald and coincidence registers act on the stream. Attempts whose 49 us window spans
+    a production step are decided with the next step's clicks, numbered from reset, their sync
+    sent once: the heralds equal the herald unit's twin run once over all the clicks served."""
+    from qnode.firmware.events import decode_words
+    from qnode.sim.twin import timestamp
+    from qnode.sim.twin_herald import heralds
+
+    device = SimulatedFpga(config)
+    _write_reference_units(device)
+    steps = [device.with_losses(device.produce(10_000_000_000)) for _ in range(12)]  # 120 ms
+    events, stats = decode_words(np.concatenate(steps))
+    assert stats.invalid_words == 0 and stats.lost_events == 0
+    tags = events[events["kind"] == Kind.TAG]
+    got = events[events["kind"] == Kind.HERALD]
+    sync = tags["time_ps"][tags["channel"] == 0]
+    assert len(sync) == 120_000 and len(np.unique(sync)) == len(sync)  # 1 MHz, each sync once
+    assert device._get("herald_attempt_count") == device._get("ts_tag_count", 0) == 120_000
+
+    # The herald unit's twin, once over every tag of the stream (delays and dead times are 0).
+    cfg = device.twin_config()
+    bins = tags["time_ps"] // device.bin_ps
+    entries = timestamp([bins[tags["channel"] == c] for c in range(cfg.channels)], cfg)
+    want = heralds(entries, cfg.herald, channels=cfg.channels, oversampling=cfg.oversampling,
+                   delay_bins=cfg.delay_bins)
+    decided = want.time * device.bin_ps < tags["time_ps"][-1] - 20_000  # windows the stream has closed
+    fields = split_aux(got)
+    served = sorted(zip(fields["herald_attempt"].tolist(), got["channel"].tolist(), got["time_ps"].tolist(),
+                        fields["herald_outcome"].tolist()))
+    one_run = sorted(zip((want.attempt[decided]).tolist(), want.channel[decided].tolist(),
+                         (want.time[decided] * device.bin_ps).tolist(), want.outcome[decided].tolist()))
+    assert len(one_run) > 150 and served[:len(one_run)] == one_run
+    assert [device._get("herald_success_count", k) for k in range(2)] == \
+        [int((fields["herald_outcome"] == k + 1).sum()) for k in range(2)]
+    coincidences = events[events["kind"] == Kind.COINCIDENCE]
+    assert len(coincidences) == device._get("coinc_count", 0) > 500  # ~8.7e3 /s
+    assert np.all(coincidences["channel"] == 0) and np.all(coincidences["aux"] == 0b110)
+
+
+def test_counters_clear_strobes_zero_their_own_block(config):
+    device = SimulatedFpga(config)
+    _write_reference_units(device)
+    device.produce(5_000_000_000)
+    assert device._get("herald_attempt_count") > 0 and device._get("coinc_count", 0) > 0
+    from qnode.firmware.registers import REGISTER_MAP
+
+    def write(name):
+        frame = link.Frame(link.FrameType.REG_WRITE, 1, link.reg_write_payload(REGISTER_MAP.address(name), 1))
+        device.handle(frame)
+
+    write("herald_counters_clear")
+    assert device._get("herald_attempt_count") == 0 and device._get("coinc_count", 0) > 0
+    write("coinc_counters_clear")
+    assert device._get("coinc_count", 0) == 0 and device._get("ts_tag_count", 0) > 0
+
+
 # --- fuzzing the host driver end to end: mangled EVENTS streams over a real socket ------------
 
 
