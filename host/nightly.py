@@ -361,9 +361,9 @@ def _phase(night: Night, bench, previous: dict | None):
         rms = run.rms_deg(min(locked + 0.02, quiet_end), quiet_end)
         half = [run.relock_ms(t) for t, d in kicks if abs(abs(d) - math.pi) < 1e-9]
         full = [run.relock_ms(t) for t, d in kicks if abs(abs(d) - 2 * math.pi) < 1e-9]
-        # One kick's relock time varies with the shot noise (docs/calibration.md): the median
-        # of the half-fringe kicks is the figure, the worst is reported beside it.
-        relock = None if not half or None in half else float(np.median(half))
+        # The figure is the worst of the half-fringe kicks (the acceptance is on every kick);
+        # each one is in the report beside it.
+        relock = None if not half or None in half else float(max(half))
         night.results["phase"] = {"phase_rms_deg": rms, "relock_ms_pi_kicks": half, "relock_ms_2pi_kicks": full,
                                   "acquired_ms": 1e3 * locked, "status": run.controller.status(),
                                   "scored_on": "true phase (simulation)"}
@@ -373,7 +373,7 @@ def _phase(night: Night, bench, previous: dict | None):
                     f"{rms:.1f} deg RMS > {tol.phase_rms_max_deg:g}")
         if kicks:
             night.check("relock_ms", relock, relock is not None and relock <= tol.relock_max_ms,
-                        f"median relock after half-fringe kicks {relock} ms (each: {half}) > {tol.relock_max_ms:g}")
+                        f"slowest relock after the half-fringe kicks {relock} ms (each: {half}) > {tol.relock_max_ms:g}")
             night.check("relock_ms (2 pi)", full, all(v is not None and v <= tol.relock_max_ms for v in full),
                         f"relock after a full-fringe kick {full} ms > {tol.relock_max_ms:g}")
         return run

@@ -30,13 +30,25 @@ def test_lock_is_acquired_by_a_sweep_and_holds_within_10_deg_rms(kicked_run):
     assert states.count("locked") >= 0.95 * len(states)
 
 
-def test_pi_kick_is_found_and_relocked_within_10_ms(kicked_run):
-    # Relock: from the kick until the residual's 2 ms RMS stays below 10 deg for 5 ms. The
-    # time varies with the shot noise: median ~5 ms, 1 kick in 20 just past 10 ms (docs).
+def test_pi_kick_is_found_and_relocked(kicked_run):
+    # Relock: from the kick until the residual's 2 ms RMS stays below 10 deg for 5 ms.
     relocks = [kicked_run.relock_ms(t) for t, _ in PI_KICKS]
     assert all(r is not None for r in relocks)
     assert np.median(relocks) <= 10.0 and max(relocks) <= 15.0, f"relock after pi kicks: {relocks} ms"
     assert kicked_run.controller.sign_flips >= len(PI_KICKS)  # found by the sign check, not by drifting off
+
+
+def test_twenty_pi_kicks_relock_time_distribution():
+    # The acceptance figure is every pi kick within 10 ms; the lock does not meet it yet: about
+    # 1 kick in 9 takes 10-18 ms (docs/calibration.md: 22 of 200 kicks over ten seeds). What
+    # this asserts is the distribution it does reach: of 20 kicks on one seed at least 16
+    # within 10 ms and none over 20 ms, and the residual between kicks within 10 deg RMS.
+    kicks = [(0.1 + 0.1 * i + 0.000959 * i, math.pi if i % 2 == 0 else -math.pi) for i in range(20)]
+    run = simulate_lock(duration_s=2.1, seed=5, kicks=kicks)
+    relocks = np.array([np.inf if r is None else r for r in (run.relock_ms(t) for t, _ in kicks)])
+    assert (relocks <= 10.0).sum() >= 16 and relocks.max() <= 20.0, f"relock after pi kicks: {relocks.round(1)} ms"
+    rms = np.sqrt(np.mean([run.rms_deg(t + 0.03, t + 0.1) ** 2 for t, _ in kicks]))
+    assert rms <= 10.0, f"residual {rms:.1f} deg RMS"
 
 
 def test_two_pi_kick_relocks_within_10_ms(kicked_run):
@@ -64,6 +76,8 @@ def test_setpoint_changes_while_running():
 
     run = simulate_lock(duration_s=0.3, seed=3, on_cycle=change)
     assert run.controller.settings.setpoint_deg == 60.0
+    # the feed-forward learnt the lab's 50 Hz acoustic line (0.1 rad = 5.7 deg)
+    assert 3.0 <= run.controller.status()["line_deg"] <= 9.0
     # residuals are scored against the setpoint in force at each cycle
     assert run.rms_deg(0.17, 0.3) <= 10.0
     with pytest.raises(KeyError, match="known:"):
@@ -227,3 +241,13 @@ def test_duty_cycle_comes_from_the_reference_timing():
     assert run.controller.settings.burst_s == pytest.approx(200e-6)
     assert len(run.cycle_t_s) == 200
     assert run.rms_deg(0.1, 0.4) <= 10.0
+    assert run.controller.status()["line_deg"] > 1.0  # 10 cycles per period of the line: still learnt
+
+
+def test_acoustic_line_feed_forward_is_off_when_the_cycle_cannot_resolve_it():
+    # 25 ms cycles (the daemon's loop): 50 Hz is above Nyquist, a learnt 'line' would be aliased
+    lock = PhaseLock(PhaseLockSettings(actuator_tau_s=0.0, cycle_s=0.025, burst_s=100e-6, dither_deg=0.0))
+    _drive(lock, 300, drift_rad_per_cycle=0.01)
+    assert lock.status()["line_deg"] == 0.0 and lock.status()["locked"]
+    off = PhaseLock(PhaseLockSettings(line_hz=0.0))
+    assert off._line_step(0.1) == 0.0
