@@ -134,7 +134,7 @@ def test_herald_and_coincidence_settings_in_bins_for_the_reference_lab():
     assert fpga.herald_channels() == {"sync_channel": 0, "detectors": [3, 4], "veto": []}
     assert (fpga.herald.offset_ps, fpga.herald.length_ps) == (49_012_000, 10_000)
     assert fpga.pin_clocks() == 1  # 8 ns of a 125 MHz clock
-    assert fpga.coincidence_channels(0) == [1, 2] and fpga.coincidence[0].emit
+    assert fpga.coincidence_channels(0) == [1, 2] and not fpga.coincidence[0].emit
     real = load_config(ROOT / "lab_configs" / "example_lab.toml").fpga
     assert real.herald_channels()["detectors"] == [1, 2] and real.pin_clocks() == 4  # 20 ns at 200 MHz
 
@@ -149,7 +149,7 @@ def test_times_round_to_the_nearest_bin_ties_to_even():
 def test_a_config_without_herald_or_coincidence_leaves_both_units_off():
     text = _broken('rule = "single_click"', 'rule = "off"')
     fpga = parse_config(text.replace("[[fpga.coincidence]]\nchannels = [\"spdc_a\", \"spdc_b\"]\nwindow_ps = 10_000\n"
-                                     "emit = true\n", ""), "x.toml").fpga
+                                     "emit = false\n", ""), "x.toml").fpga
     assert fpga.herald.rule == "off" and fpga.coincidence == []
     minimal = parse_config("[fpga]\n[[fpga.channels]]\nindex = 0\nname = 'a'\n").fpga
     assert minimal.herald.rule == "off" and minimal.coincidence == []

@@ -464,7 +464,7 @@ def test_the_daemon_writes_the_configs_fpga_settings_to_the_time_tagger(daemon, 
     applied = node.call("status")["source"]["applied"]
     assert applied["herald"] == {"rule": "single_click", "sync_channel": 0, "detectors": [3, 4], "veto": [],
                                  "offset_ps": 49_012_000, "length_ps": 10_000, "late_ps": 0, "pin_clocks": 1}
-    assert applied["coincidence"] == [{"channels": [1, 2], "window_ps": 10_000, "min_fold": 0, "emit": True}]
+    assert applied["coincidence"] == [{"channels": [1, 2], "window_ps": 10_000, "min_fold": 0, "emit": False}]
     assert applied["channels"]["3"] == {"delay_ps": 0, "dead_time_ps": 8000, "edge": "rising", "enabled": True}
 
     def reg(name, index=0):
@@ -474,7 +474,7 @@ def test_the_daemon_writes_the_configs_fpga_settings_to_the_time_tagger(daemon, 
     assert (reg("herald_rule"), reg("herald_detector_mask"), reg("herald_offset_bins"), reg("herald_length_bins")) \
         == (1, 0b11000, 49_012, 10)
     assert (reg("coinc_mask", 0), reg("coinc_window_bins", 0), reg("coinc_emit"), reg("coinc_mask", 1)) \
-        == (0b110, 10, 1, 0)
+        == (0b110, 10, 0, 0)
 
 
 def within_poisson(observed: int, expected: float, sigmas: float = 4.0) -> None:
