@@ -86,6 +86,7 @@ class SimulatedFpga:
 
         self.lab = lab
         PhotonSource(config).generate(1_000_000)  # load the compiled kernels before serving
+        _warm_up_twin(config)
         self.source = PhotonSource(config, phase_rad=lab.phase_rad if lab is not None else None)
         # Every register starts at its reset value, as the gateware's do after power-up: the
         # host writes the config's settings (channels, coincidence patterns, herald rule). A write
@@ -338,6 +339,18 @@ class SimulatedFpga:
         return out
 
 
+def _warm_up_twin(config: LabConfig) -> None:
+    """Compile (or load from numba's cache) the twin's kernels, the coincidence and herald
+    units' included, before serving: a first production step that compiles them holds the
+    link's replies for tens of seconds on a fresh checkout of a busy machine."""
+    cfg = TwinConfig(channels=max(ch.index for ch in config.fpga.channels) + 1,
+                     oversampling=config.fpga.oversampling, sys_clk_hz=config.fpga.sys_clk_hz,
+                     coinc_mask=[0b11], coinc_window_bins=[40], coinc_emit=1,
+                     herald=HeraldSettings(detector_mask=0b10, offset_bins=34, length_bins=8))
+    bins = np.arange(0, 4000, 37, dtype=np.int64)
+    Twin(cfg).run(edges=edges_from_pulses(bins, (bins // 37 % 2).astype(np.uint8), 1, cfg))
+
+
 def _last_epoch(words: np.ndarray, epoch: int) -> int:
     kinds = words >> np.uint64(60)
     epochs = np.flatnonzero(kinds == Kind.EPOCH)
@@ -426,12 +439,17 @@ class FpgaServer:
 class FpgaServerThread:
     """An FpgaServer on its own event loop in a background thread (daemon, tests, demo)."""
 
+    # A production step runs on the loop; the first one compiles the twin's kernels (numba,
+    # cached afterwards), which on a fresh checkout of a busy machine takes tens of seconds.
+    # Starting and stopping wait that out rather than fail.
+    WAIT_S = 120.0
+
     def __init__(self, device: SimulatedFpga, port: int = 0, speed: float = 1.0):
         self.loop = asyncio.new_event_loop()
         self.server = FpgaServer(device, port=port, speed=speed)
         self.thread = threading.Thread(target=self.loop.run_forever, name="sim-fpga", daemon=True)
         self.thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        self.port = asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(self.WAIT_S)
 
     @property
     def url(self) -> str:
@@ -446,7 +464,7 @@ class FpgaServerThread:
             await asyncio.gather(*rest, return_exceptions=True)
 
         if self.loop.is_running():
-            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(self.WAIT_S)
             self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+        self.thread.join(self.WAIT_S)
         self.loop.close()
