@@ -4,7 +4,7 @@ Prints a table and writes bench/results/gateware.json. Synthesis (yosys + nextpn
 from PyPI) takes about ten minutes here, or nothing when the design is cached (gateware/build.py);
 ``--no-build`` reads the last build in build/ulx3s without running or hashing anything.
 
-    .venv/bin/python bench/gateware.py [--no-build] [--seconds 2]
+    .venv/bin/python bench/gateware.py [--no-build] [--seconds 2] [--no-coincidence] [--no-herald]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from qnode.gateware.build import build_ulx3s, report_from_build_dir
 from qnode.gateware.capture import ECP5_SCLK_HZ
 from qnode.gateware.coincidence import PATTERNS
 from qnode.gateware.herald import PIN_LATENCY
+from qnode.gateware.manifest import Manifest
 from qnode.gateware.params import merge_levels
 from qnode.sim.twin import Twin, TwinConfig, edges_from_pulses
 
@@ -90,12 +91,18 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-build", action="store_true", help="reuse build/ulx3s's last log")
     parser.add_argument("--seconds", type=float, default=2.0, help="lab time for the twin run")
+    parser.add_argument("--no-coincidence", action="store_true", help="build the core without it")
+    parser.add_argument("--no-herald", action="store_true", help="build the core without it")
     args = parser.parse_args()
 
     if args.no_build:
         report = report_from_build_dir(BUILD_DIR).as_dict()
-    else:
-        report = build_ulx3s(BUILD_DIR).as_dict()
+    else:  # cached (seconds) when this design was built before
+        report = build_ulx3s(BUILD_DIR, coincidence=not args.no_coincidence,
+                             herald=not args.no_herald).as_dict()
+    built = Manifest.read(Path(report["manifest"])).options
+    report["coincidence_unit"] = built.get("coincidence", True)
+    report["herald_unit"] = built.get("herald", True)
 
     # One recorded edge per channel per clock: edges in later clocks are recorded from 2 bins
     # apart (a low sample between them); a second edge in the same clock is a SAME_CLOCK loss.
@@ -142,6 +149,8 @@ def main():
     report["cocotb"] = [json.loads(p.read_text()) for p in scoreboards]
 
     rows = [
+        ("core units", "timestamper, merger, packer, link" + (", coincidence" if report["coincidence_unit"] else "")
+                       + (", herald" if report["herald_unit"] else "")),
         ("board / device", f"{report['board']} / {report['device']}-{report['speed_grade']} {report.get('package', '')}"),
         ("system clock", f"{report['sys_clk_mhz']:g} MHz"),
         ("fmax (nextpnr, post-route)", f"{report['fmax_mhz']} MHz, margin {report['fmax_margin_percent']} % "
@@ -159,7 +168,8 @@ def main():
         ("LUTs / FFs / DP16KD", f"{report['luts']} / {report['ffs']} / {report['brams']}"),
         ("herald latency", f"{report['herald_latency_clocks']} clocks = {report['herald_latency_ns']:g} ns"),
         ("coincidence patterns", f"{report['patterns']}"),
-        ("build", f"{'cached' if report.get('cached') else 'built'} in {report.get('seconds', 0):.0f} s"),
+        ("build", "the last one in build/ulx3s (--no-build)" if args.no_build else
+                  f"{'cached' if report.get('cached') else 'built'} in {report.get('seconds', 0):.0f} s"),
         ("twin", f"{report['twin_events_per_s'] / 1e6:.1f} M events/s ({report['twin_workload']})"),
         ("twin, dense Poisson (1/64 bins)", f"{report['twin_events_per_s_dense'] / 1e6:.1f} M events/s"),
         ("twin, sparse Poisson (1/1000 bins)", f"{report['twin_events_per_s_sparse'] / 1e6:.1f} M events/s"),
