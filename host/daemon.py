@@ -42,7 +42,7 @@ from qnode.firmware.registers import REGISTER_MAP
 from . import api
 from .config import LabConfig, config_text
 from .measurements import CoincidenceCounter, CorrelationHistogram, CountRates, HeraldRate
-from .recorder import RecorderThread, recorded_events, recording_files
+from .recorder import RecorderThread, recorded_events, recording_files, warm_up as warm_up_recorder
 
 log = logging.getLogger("qnode.daemon")
 action_log = logging.getLogger("qnode.actions")  # who changed the lab, and how (published on `log`)
@@ -944,6 +944,7 @@ def _warm_up_kernels() -> None:
     CoincidenceCounter([((1, 2), 1000)]).add(events)
     CountRates().add(events)
     HeraldRate().add(events)
+    warm_up_recorder()
 
 
 class _Reply(Exception):

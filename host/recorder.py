@@ -286,6 +286,12 @@ def _shuffle(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(values.view(np.uint8).reshape(-1, size).T)
 
 
+def warm_up() -> None:
+    """Compile (or load from numba's cache) the chunk encoder's kernel: a first recording
+    that waits seconds for the compiler fills its queue and drops batches."""
+    _shuffle(np.zeros(2, np.int64))
+
+
 def _compress_chunk(values: np.ndarray) -> bytes:
     """A chunk as HDF5's shuffle + deflate filters would store it."""
     return _deflate(_shuffle(values))
