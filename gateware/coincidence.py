@@ -121,7 +121,9 @@ class CoincidenceUnit(wiring.Component):
         completes = []
         for p in range(p_n):
             member = Signal(name=f"member_{p}")
-            m.d.comb += member.eq((self.masks[p] & bit).any() & is_tag)
+            # a mux of the mask's bits by the channel (no one-hot decode on this path)
+            m.d.comb += member.eq(self.masks[p].bit_select(arriving.channel[:4], 1)
+                                  & (arriving.channel < MASK_BITS) & is_tag)
             need = Signal(FOLD_BITS, name=f"need_{p}")
             m.d.sync += need.eq(Mux(self.min_folds[p] == 0,
                                     sum(self.masks[p][i] for i in range(MASK_BITS)),
@@ -131,7 +133,7 @@ class CoincidenceUnit(wiring.Component):
             outside = Signal(name=f"outside_{p}")
             m.d.comb += outside.eq(~is_open[p] | (t > close))
             fresh = Signal(name=f"fresh_{p}")  # this tag's channel is new to the open window
-            m.d.comb += fresh.eq(~(seen[p] & bit).any())
+            m.d.comb += fresh.eq(~seen[p].bit_select(arriving.channel[:4], 1))
             done = Signal(name=f"completes_{p}")
             m.d.comb += done.eq(member & Mux(outside, need == 1, fresh & (fold + 1 == need)))
             completes.append(done)
