@@ -224,7 +224,8 @@ def _report(out_dir: Path, manifest, *, seconds: float, cached: bool) -> BuildRe
         luts=used("TRELLIS_COMB"), ffs=used("TRELLIS_FF"), brams=used("DP16KD"),
         toolchain=toolchain, bitstream=str(bit) if bit.exists() else None, seconds=seconds,
         resources=resources, capture_fmax_mhz=capture[0] if capture else None,
-        clocks_fmax_mhz=clocks, critical_path=critical_path(log, SYS_CLOCK_NET), nextpnr_opts=options.get("nextpnr_opts", ""),
+        clocks_fmax_mhz=clocks, critical_path=critical_path(log, SYS_CLOCK_NET),
+        nextpnr_opts=options.get("nextpnr_opts", ""),
         synth_opts=options.get("synth_opts", ""), gateware_hash=manifest.gateware_hash,
         manifest=str(out_dir / "manifest.json"), cached=cached, baud=options.get("baud", ulx3s.DEFAULT_BAUD),
     )

@@ -1,5 +1,6 @@
 """LinkedTimeTagger: TimeTaggerCore + LinkEngine + UART -- detector pins in, one serial line
-each way, and the herald pin out. The board tops (gateware/ulx3s.py) add clocks, input gearboxes and pads around it.
+each way, and the herald pin out. The board tops (gateware/ulx3s.py) add clocks, input
+gearboxes and pads around it.
 
 The link engine is the register bus master and takes the packer's word stream; its word FIFO's
 ``ready`` back-pressures the packer, which turns what it cannot send into LOSS (OUTPUT) records.

@@ -1,6 +1,8 @@
 """What `qnode gateware build` reads back from nextpnr's log: fmax per clock and the critical path."""
 
-from qnode.gateware.build import CAPTURE_CLOCK_NET, SYS_CLOCK_NET, clock_fmax, critical_path, parse_nextpnr_log
+from qnode.gateware.build import (
+    CAPTURE_CLOCK_NET, SYS_CLOCK_NET, clock_fmax, critical_path, parse_nextpnr_log,
+)
 
 LOG = """Info: Max frequency for clock         '$glbnet$capture.clk': 59.99 MHz (FAIL at 100.00 MHz)
 Info: Max frequency for clock '$glbnet$capture.capture_clk': 144.93 MHz (FAIL at 200.00 MHz)
