@@ -4,15 +4,14 @@ The single-click herald rate the time tagger should report when it runs the conf
 ``[fpga.herald]`` on the lab of ``[sim]``: per attempt (one per sync pulse), the probability of
 exactly one click on the heralding detectors inside the window, from
 
-- the emitters (only outside the reference bursts, sim/source.py): each puts a photon at the
-  station with p = alpha x transmission; one photon or two bunched ones (HOM) make one click on
-  one detector, with the detector's efficiency and the share of the 1 ns emission tail that the
+- the attempts: the sequencer sends a sync only for laser pulses whose window at the station
+  misses the reference bursts (``attempt_syncs``, sim/source.py): 900 of each 1 ms cycle's 1000;
+- the emitters: each puts a photon at the station with p = alpha x transmission; one photon
+  or two bunched ones (HOM) make one click on one detector, with the detector's efficiency and the share of the 1 ns emission tail that the
   window catches (its offset against flight time, cable delay and the registers' delay_ps);
-- the background in the window: dark counts of both detectors, and reference light when the
-  window falls in a burst (``rate_hz`` detected in total, 100 us of each 1 ms): a window there
-  holds 0.01 photons, ten times an emitter's chance, so those attempts dominate the count even
-  though they are a tenth of the attempts. The gateware makes an attempt of every sync tag; only
-  the lab knows when the bursts are.
+- the background in the window: dark counts of both detectors, and reference light if the herald
+  registers put the window inside a burst (``rate_hz`` detected in total: a window there holds
+  0.01 photons, ten times an emitter's chance; none with the reference lab's settings).
 
 Neglected (each well below the Poisson tolerance of a 10 s run): afterpulses, a second click
 hidden in a detector's 20 ns recovery, the sync's 5 ps and the detectors' 50 ps jitter against
@@ -28,14 +27,14 @@ import numpy as np
 
 from qnode.host.config import LabConfig
 
-from .source import detector_models
+from .source import attempt_syncs, detector_models
 
 
 @dataclass(frozen=True)
 class HeraldExpectation:
     attempts_hz: float  # sync pulses per second: every one is an attempt
     per_attempt: float  # heralds per attempt, over every attempt
-    per_clean_attempt: float  # attempts whose emitters fire and whose window misses the bursts
+    per_clean_attempt: float  # over the attempts whose window misses the bursts (nearly all of them)
     clean_fraction: float  # share of attempts that are clean
     burst_window_fraction: float  # share of attempts whose window falls in a reference burst
     rate_hz: float  # heralds per second
@@ -85,36 +84,31 @@ def expected_heralds(config: LabConfig) -> HeraldExpectation:
     q_photon = sum(0.5 * (2 * p * (1 - p) * click[c] + p * p * (1 - (1 - click[c]) ** 2)) for c in detectors)
     dark = sum(models[c].dark_rate_hz for c in channels["detectors"]) * length_ps * 1e-12
 
-    # one reference cycle of attempts (the sync period divides the 1 ms cycle in the reference lab;
-    # otherwise 100 cycles average it out)
+    # one reference cycle of laser pulses (the sync period divides the 1 ms cycle in the reference
+    # lab; otherwise 100 cycles average it out), of which the sequencer sends the attempts as syncs
     period_ps = 1e12 / lab.sync.rate_hz
     cycle_ps = ref.cycle_ps if ref is not None else period_ps
     n = int(round(cycle_ps / period_ps)) if (cycle_ps / period_ps).is_integer() else int(100 * cycle_ps / period_ps)
     t = np.arange(n) * period_ps
-    if ref is not None:
-        emits = (t % ref.cycle_ps) >= ref.burst_ps
-        # reference light in the window: the share of each detector's window inside a burst
-        lam_ref = np.zeros(n)
+    t = t[attempt_syncs(lab, np.rint(t).astype(np.int64))]
+    lam_ref = np.zeros(len(t))
+    if ref is not None:  # reference light in a window the herald registers put inside a burst
         for c in channels["detectors"]:
             lo = t + window_start(c)
             inside = np.clip(ref.burst_ps - lo % ref.cycle_ps, 0, length_ps)  # bursts open each cycle
             inside += np.clip(lo % ref.cycle_ps + length_ps - ref.cycle_ps, 0, length_ps)  # the next one
             if c in (h.channel_plus, h.channel_minus):  # (1 +- V cos phi) / 2 each: half on average
                 lam_ref += ref.rate_hz * 0.5 * np.minimum(inside, length_ps) * 1e-12
-        in_burst = lam_ref > 0
-    else:
-        emits = np.ones(n, bool)
-        lam_ref = np.zeros(n)
-        in_burst = np.zeros(n, bool)
+    in_burst = lam_ref > 0
     lam = dark + lam_ref
-    q = np.where(emits, q_photon, 0.0)
-    exactly_one = np.exp(-lam) * (q + (1 - q) * lam)
-    clean = emits & ~in_burst
+    exactly_one = np.exp(-lam) * (q_photon + (1 - q_photon) * lam)
+    clean = ~in_burst
+    attempts_hz = lab.sync.rate_hz * len(t) / n
     return HeraldExpectation(
-        attempts_hz=lab.sync.rate_hz,
+        attempts_hz=attempts_hz,
         per_attempt=float(exactly_one.mean()),
         per_clean_attempt=float(exactly_one[clean].mean()) if clean.any() else 0.0,
         clean_fraction=float(clean.mean()),
         burst_window_fraction=float(in_burst.mean()),
-        rate_hz=float(exactly_one.mean() * lab.sync.rate_hz),
+        rate_hz=float(exactly_one.mean() * attempts_hz),
     )

@@ -2,7 +2,9 @@
 
 What arrives (SCENARIO.md):
 
-- a sync laser pulse train (one entanglement attempt per pulse);
+- a sync pulse train (one entanglement attempt per pulse): the sequencer picks the excitation
+  pulses whose photons reach the station outside the reference bursts, so the herald unit makes
+  no attempts during a burst (``attempt_syncs``);
 - a photon-pair (SPDC) source, continuous (Poisson pairs) or pulsed (Poisson pairs per sync);
 - two emitters feeding a beam splitter in front of the heralding detectors: each emits with
   probability alpha per attempt, photons arrive a fixed fibre delay after their sync with an
@@ -32,6 +34,18 @@ from .detector import Detector
 CLICK_DTYPE = np.dtype([("time_ps", "<i8"), ("channel", "u1")])
 
 PhaseFn = Callable[[np.ndarray], np.ndarray]
+
+
+def attempt_syncs(lab: SimLab, times: np.ndarray) -> np.ndarray:
+    """Which laser pulses at ``times`` (ps) the sequencer makes attempts of, and so sends as
+    sync pulses: those whose detection window at the station (``arrival_delay_ps`` later,
+    ``window_ps`` long) lies outside every reference burst. All of them without reference
+    light or heralding (nothing to time-share)."""
+    ref, h = lab.reference, lab.heralding
+    if ref is None or h is None:
+        return np.ones(len(times), bool)
+    start = (times + h.arrival_delay_ps) % ref.cycle_ps
+    return (start >= ref.burst_ps) & (start + h.window_ps <= ref.cycle_ps)
 
 
 def detector_models(lab: SimLab, channels: list[int]) -> dict[int, DetectorModel]:
@@ -224,10 +238,9 @@ def _merge_sorted(*runs: np.ndarray) -> np.ndarray:
 
 
 @njit(cache=True, nogil=True)
-def _attempts(hits_a, hits_b, sync_times, cycle_ps, burst_ps, delay_ps):
+def _attempts(hits_a, hits_b, sync_times, delay_ps):
     """The attempts (sync pulse indices, each run increasing) in which one emitter or both sent a
-    photon, outside the reference bursts (burst_ps 0: no bursts): their photons' arrival base
-    time (sync + delay_ps) and count (1 or 2), in attempt order."""
+    photon: their photons' arrival base time (sync + delay_ps) and count (1 or 2), in order."""
     base = np.empty(hits_a.shape[0] + hits_b.shape[0], np.int64)
     photons = np.empty(base.shape[0], np.int64)
     i = j = k = 0
@@ -238,10 +251,7 @@ def _attempts(hits_a, hits_b, sync_times, cycle_ps, burst_ps, delay_ps):
         count = (a == which) + (b == which)
         i += a == which
         j += b == which
-        t = sync_times[which]
-        if burst_ps > 0 and t % cycle_ps < burst_ps:
-            continue  # no attempts during a reference burst: the emitters are not excited then
-        base[k] = t + delay_ps
+        base[k] = sync_times[which] + delay_ps
         photons[k] = count
         k += 1
     return base[:k], photons[:k]
@@ -418,18 +428,13 @@ class PhotonSource:
         self._next_sync = first + len(times)
         return times
 
-    def _in_burst(self, times: np.ndarray) -> np.ndarray:
-        ref = self.lab.reference
-        if ref is None:
-            return np.zeros(len(times), bool)
-        return (times % ref.cycle_ps) < ref.burst_ps
-
     def _emit(self, t0: int, t1: int):
         """(channel, photon arrival times before the detector) for emissions in [t0, t1)."""
         lab = self.lab
-        sync_times = self._sync_times(t0, t1)
+        sync_times = self._sync_times(t0, t1)  # the laser's pulses (a pulsed pair source's pump too)
+        attempts = sync_times[attempt_syncs(lab, sync_times)]
         if lab.sync is not None:
-            yield lab.sync.channel, self._detected(lab.sync.channel, sync_times)
+            yield lab.sync.channel, self._detected(lab.sync.channel, attempts)
 
         if lab.pair_source is not None:
             ps = lab.pair_source
@@ -450,8 +455,8 @@ class PhotonSource:
             yield ps.channel_a, _merge_sorted(a_only, both)
             yield ps.channel_b, _merge_sorted(b_only, both)
 
-        if lab.heralding is not None and len(sync_times):
-            yield from self._emit_heralding(sync_times)
+        if lab.heralding is not None and len(attempts):
+            yield from self._emit_heralding(attempts)
 
         if lab.reference is not None and lab.heralding is not None:
             yield from self._emit_reference(t0, t1)
@@ -463,9 +468,7 @@ class PhotonSource:
         # by geometric skips, so the ~1000x more empty attempts cost no random draws.
         p = h.emission_probability * h.transmission
         hits = [_bernoulli_indices(self.rng, p, n) for _ in range(2)]
-        ref = self.lab.reference
-        cycle_ps, burst_ps = (ref.cycle_ps, ref.burst_ps) if ref is not None else (1, 0)
-        base, photons = _attempts(*hits, sync_times, cycle_ps, burst_ps, h.arrival_delay_ps)
+        base, photons = _attempts(*hits, sync_times, h.arrival_delay_ps)
         # Two photons are indistinguishable and bunch onto one output (HOM).
         sides = _beam_split(base, photons, self.rng.random(len(base)))
         for ch, t in zip((h.channel_plus, h.channel_minus), sides):

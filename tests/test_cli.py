@@ -42,7 +42,7 @@ def test_run_records_the_simulated_lab_and_prints_rates(tmp_path):
     assert np.all(np.diff(t) >= 0)
     assert np.all(t % 1000 == 0)  # quantised to the 1000 ps bins of the gateware
     sync = t[ch == 0]
-    assert abs(len(sync) / ((sync[-1] - sync[0]) * 1e-12) - 1e6) < 1e3  # the 1 MHz sync laser
+    assert abs(len(sync) / ((sync[-1] - sync[0]) * 1e-12) - 0.9e6) < 2e3  # 900 attempts a 1 ms cycle
     # The g2 peak the demo prints sits at the true delay difference (4700 ps) in 1 ns bins.
     peak = float(re.search(r"g2 peak at ([+-][\d,]+) ps", text).group(1).replace(",", ""))
     assert 4000 <= peak <= 5100

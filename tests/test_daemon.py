@@ -58,7 +58,7 @@ def test_status_names_the_source_instruments_and_rates(node):
     assert st["source"]["identity"]["board"] == "sim"
     assert set(st["instruments"]) == {"cryostat", "laser", "snspd", "stretcher", "powermeter"}
     assert all(v == "ok" for v in st["instruments"].values())
-    assert 0.9e6 < st["rates_hz"]["sync"] < 1.1e6
+    assert 0.8e6 < st["rates_hz"]["sync"] < 1.0e6  # 900 attempts a 1 ms cycle
     assert st["losses"]["link_words"] == 0 and st["losses"]["invalid_words"] == 0
 
 
@@ -483,8 +483,8 @@ def within_poisson(observed: int, expected: float, sigmas: float = 4.0) -> None:
 
 def test_heralds_reach_the_heralds_topic_at_the_labs_rate_and_the_recording(tmp_path):
     """Single-click heralds of the reference lab on the `heralds` PUB topic, at the rate its
-    physics gives (sim/expected_rates.py: 2 alpha eta per clean attempt, plus the reference
-    bursts' light in the windows that fall in them), and the same heralds in the recording.
+    physics gives (sim/expected_rates.py: 2 alpha eta per attempt; the lab makes no attempt whose
+    window would fall in a reference burst), and the same heralds in the recording.
     Its own daemon: the shared one's 10-message PUB queue is for the slow-subscriber test; the
     lab runs at half speed so that a busy machine keeps up (rates are per lab second)."""
     with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
@@ -494,7 +494,7 @@ def test_heralds_reach_the_heralds_topic_at_the_labs_rate_and_the_recording(tmp_
 
 def _heralds_on_topic_and_file(daemon, node, tmp_path):
     expected = expected_heralds(daemon.config)
-    assert 1.6e3 < expected.rate_hz < 1.9e3 and 8.4e-4 < expected.per_clean_attempt < 8.7e-4
+    assert 700 < expected.rate_hz < 850 and 8.4e-4 < expected.per_attempt < 8.7e-4
     path = tmp_path / "heralds.h5"
     batches = []
     with Subscriber(daemon.stream_url, topics=["heralds"]) as sub:

@@ -235,10 +235,10 @@ def canvas_pixels(page, canvas_id: str) -> str:
 def test_page_shows_the_lab_live(page, daemon):
     page.wait_for_function("qnode.connected && qnode.rateSamples >= 2")
     assert page.text_content("#node") == "sim-node-a"
-    # Rates: the sync channel at 1 MHz, in the table and on a plot that keeps moving.
+    # Rates: the sync channel (0.9 M attempts/s), in the table and on a plot that keeps moving.
     page.wait_for_function("document.getElementById('rates-table').textContent.includes('sync')")
     value, unit = re.search(r"0 sync\s*([\d.]+) ([kM])/s", page.text_content("#rates-table")).groups()
-    assert 0.95e6 <= float(value) * {"k": 1e3, "M": 1e6}[unit] <= 1.05e6
+    assert 0.85e6 <= float(value) * {"k": 1e3, "M": 1e6}[unit] <= 0.95e6  # 900 attempts a 1 ms cycle
     before, samples = canvas_pixels(page, "rates-plot"), page.evaluate("qnode.rateSamples")
     page.wait_for_function(f"qnode.rateSamples >= {samples + 3}")
     assert canvas_pixels(page, "rates-plot") != before

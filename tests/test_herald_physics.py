@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qnode.host.config import load_config
-from qnode.sim.source import PhotonSource
+from qnode.sim.source import PhotonSource, attempt_syncs
 from qnode.sim.twin import TwinConfig, timestamp
 from qnode.sim.twin_herald import (
     OUTCOME_PSI_MINUS, OUTCOME_PSI_PLUS, HeraldSettings, coincidences, heralds,
@@ -43,17 +43,20 @@ def test_single_click_heralds_match_2_alpha_eta(lab):
     assert (settings.length_bins, settings.detector_mask) == (10, 0b11000)
     res = heralds(entries, settings, channels=cfg.channels, oversampling=cfg.oversampling,
                   delay_bins=cfg.delay_bins)
+    # The attempts: the laser pulses the sequencer sends as syncs (their windows miss the bursts).
+    period_ps = round(1e12 / config.sim.sync.rate_hz)
+    laser_ps = np.arange(round(DURATION_S * config.sim.sync.rate_hz), dtype=np.int64) * period_ps
+    sync_ps = laser_ps[attempt_syncs(config.sim, laser_ps)]
     n_attempts = res.counters["herald_attempt_count"]
-    assert n_attempts == round(DURATION_S * config.sim.sync.rate_hz)
+    assert n_attempts == len(sync_ps) == round(DURATION_S * 900_000)
     assert res.counters["herald_late_count"] == 0
 
-    # Attempts whose sync and window both miss the reference bursts (100 us of each 1 ms):
-    # the emitters fire then and no reference light reaches the window.
+    # Attempts whose window keeps clear of the reference bursts (100 us of each 1 ms) by two
+    # window lengths, so no burst light reaches it whatever the cable delays: nearly all of them.
     ref = config.sim.reference
-    period_ps = round(1e12 / config.sim.sync.rate_hz)
-    sync_ps = np.arange(n_attempts, dtype=np.int64) * period_ps
-    clean = ((sync_ps % ref.cycle_ps) >= ref.burst_ps) & \
-        (((sync_ps + h.arrival_delay_ps) % ref.cycle_ps) >= ref.burst_ps + 2 * h.window_ps)
+    start = (sync_ps + h.arrival_delay_ps) % ref.cycle_ps
+    clean = (start >= ref.burst_ps + 2 * h.window_ps) & (start + 3 * h.window_ps <= ref.cycle_ps)
+    assert clean.mean() > 0.99
     n_clean = int(clean.sum())
     got = clean[res.attempt_index]
 

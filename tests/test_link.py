@@ -153,7 +153,7 @@ def test_events_stream_in_time_order_with_the_lab_rates(server):
     assert np.all(tags["time_ps"] % 1000 == 0)
     span_s = (tags["time_ps"][-1] - tags["time_ps"][0]) * 1e-12
     sync_rate = np.count_nonzero(tags["channel"] == 0) / span_s
-    assert 0.95e6 < sync_rate < 1.05e6
+    assert 0.85e6 < sync_rate < 0.95e6  # 900 attempts a 1 ms cycle
     assert tagger.decode_stats.invalid_words == 0
 
 
@@ -290,8 +290,8 @@ def test_simulated_fpga_serves_the_twin_with_register_settings(config):
     events, _ = decode_words(device.with_losses(device.produce(20_000_000_000)))
     tags = events[events["kind"] == Kind.TAG]
     assert not np.any(tags["channel"] == 5)
-    assert np.count_nonzero(tags["channel"] == 0) == 20_000  # 1 MHz sync for 20 ms
-    assert device._get("ts_tag_count", 0) == 20_000
+    assert np.count_nonzero(tags["channel"] == 0) == 18_000  # 900 attempts a 1 ms cycle, for 20 ms
+    assert device._get("ts_tag_count", 0) == 18_000
 
 
 def test_simulated_fpga_starts_at_the_register_reset_values(config):
@@ -329,8 +329,8 @@ def test_simulated_fpga_heralds_as_one_run_of_the_herald_unit_would_across_its_s
     tags = events[events["kind"] == Kind.TAG]
     got = events[events["kind"] == Kind.HERALD]
     sync = tags["time_ps"][tags["channel"] == 0]
-    assert len(sync) == 120_000 and len(np.unique(sync)) == len(sync)  # 1 MHz, each sync once
-    assert device._get("herald_attempt_count") == device._get("ts_tag_count", 0) == 120_000
+    assert len(sync) == 108_000 and len(np.unique(sync)) == len(sync)  # 900 a 1 ms cycle, each once
+    assert device._get("herald_attempt_count") == device._get("ts_tag_count", 0) == 108_000
 
     # The herald unit's twin, once over every tag of the stream (delays and dead times are 0).
     cfg = device.twin_config()
@@ -344,7 +344,7 @@ def test_simulated_fpga_heralds_as_one_run_of_the_herald_unit_would_across_its_s
                         fields["herald_outcome"].tolist()))
     one_run = sorted(zip((want.attempt[decided]).tolist(), want.channel[decided].tolist(),
                          (want.time[decided] * device.bin_ps).tolist(), want.outcome[decided].tolist()))
-    assert len(one_run) > 150 and served[:len(one_run)] == one_run
+    assert len(one_run) > 50 and served[:len(one_run)] == one_run
     assert [device._get("herald_success_count", k) for k in range(2)] == \
         [int((fields["herald_outcome"] == k + 1).sum()) for k in range(2)]
     coincidences = events[events["kind"] == Kind.COINCIDENCE]
@@ -575,8 +575,10 @@ def test_sim_fpga_command_serves_the_twin_to_the_host_driver_in_another_process(
     import subprocess
     import sys
 
+    # Ctrl-C reaches it even when the tests run as a background job (which ignores SIGINT).
     process = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "sim", "fpga", "--port", "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready, _, _ = select.select([process.stdout], [], [], 120)  # generous: a shared machine
         line = process.stdout.readline() if ready else ""

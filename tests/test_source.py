@@ -9,7 +9,7 @@ import pytest
 
 from qnode.host.config import load_config
 from qnode.sim.detector import Detector
-from qnode.sim.source import PhotonSource
+from qnode.sim.source import PhotonSource, attempt_syncs
 
 SECOND_PS = 10**12
 
@@ -67,7 +67,9 @@ def test_singles_rates_follow_transmission_efficiency_and_dark_counts():
         assert within(measured, expected_hz * seconds), (ch, measured / seconds, expected_hz)
     for ch in (5, 6, 7):  # spare channels: dark counts only
         assert within(len(times(clicks, ch)), det.dark_rate_hz * seconds, systematic=0.05)
-    assert len(times(clicks, 0)) == seconds * lab.sync.rate_hz  # the sync photodiode misses nothing
+    # the sync: one pulse per attempt, 900 of each 1 ms cycle's 1000 laser pulses (the others'
+    # photons would reach the station during a reference burst)
+    assert len(times(clicks, 0)) == seconds * lab.sync.rate_hz * 0.9
 
 
 def test_true_coincidences_and_accidentals_match_r1_r2_tau():
@@ -200,10 +202,25 @@ def test_config_without_sim_table_is_refused():
         PhotonSource(cfg)
 
 
+def test_no_attempt_sends_its_photons_into_a_reference_burst():
+    """The sequencer makes an attempt (a sync pulse) of a laser pulse only when the photons'
+    detection window at the station misses the bursts: so the herald unit, which makes an attempt
+    of every sync, never looks for a herald in reference light."""
+    cfg = reference_lab()
+    h, ref = cfg.sim.heralding, cfg.sim.reference
+    sync = times(run(cfg, 0.01), 0) - cfg.sim.cable_delay_ps.get(0, 0)
+    start = (sync + h.arrival_delay_ps) % ref.cycle_ps  # each attempt's window at the station
+    assert np.all(start >= ref.burst_ps - 1000) and np.all(start + h.window_ps <= ref.cycle_ps + 1000)
+    laser = np.arange(0, 10**10, 10**6)  # the 1 MHz laser's pulses
+    picked = attempt_syncs(cfg.sim, laser)
+    assert np.count_nonzero(picked) == 9000  # 900 in each 1 ms cycle
+    assert np.all(attempt_syncs(reference_lab(reference=None).sim, laser))  # nothing to share
+
+
 def test_no_click_before_the_lab_clock_starts():
     """The sync pulse at t = 0 has jitter too: half the seeds would put it a few ps before 0, and a
     negative time has no event word (the FPGA's twin turned one into garbage words)."""
-    cfg = load_config()
+    cfg = reference_lab(reference=None)  # with the bursts the first attempt is at 51 us
     for seed in range(40):
         first = PhotonSource(cfg, seed=seed).generate(2_000_000)  # two sync periods
         assert first["time_ps"].min() >= 0, seed

@@ -161,8 +161,10 @@ def test_sim_lab_process_serves_another_process_and_stops_on_ctrl_c():
     from qnode.drivers.timetagger import TimeTagger
     from qnode.drivers.transport import TcpTransport
 
+    # Ctrl-C reaches it even when the tests run as a background job (which ignores SIGINT).
     process = subprocess.Popen([sys.executable, "-m", "qnode.host.cli", "sim", "lab", "--any-port"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         output = ""
         # generous: the machine is shared and the FPGA loads its kernels; not a timing assertion
