@@ -160,6 +160,8 @@ class LinkEngine(wiring.Component):
         received = Signal(16)  # payload bytes so far
         payload = Signal(8 * 8)  # the first 8 payload bytes (requests use at most 6)
         crc_left = Signal(range(5))
+        low_over = Signal()  # length's low byte > MAX_REQUEST_PAYLOAD (set in LEN0)
+        low_zero = Signal()  # ... and == 0
         req_address = payload[0:16]
         read_count = payload[16:24]
         write_value = payload[16:48]
@@ -276,12 +278,14 @@ class LinkEngine(wiring.Component):
             with m.State("LEN0"):
                 with m.If(have):
                     m.d.comb += rx_crc.valid.eq(1)
-                    m.d.sync += [head.eq(head + 1), length[:8].eq(byte)]
+                    m.d.sync += [head.eq(head + 1), length[:8].eq(byte),
+                                 low_over.eq(byte > MAX_REQUEST_PAYLOAD), low_zero.eq(byte == 0)]
                     m.next = "LEN1"
             with m.State("LEN1"):
                 with m.If(have):
-                    full = Cat(length[:8], byte)
-                    with m.If(full > MAX_REQUEST_PAYLOAD):
+                    # length > MAX_REQUEST_PAYLOAD (< 256): its high byte is not 0, or the low
+                    # byte, judged in LEN0, is over (no 16-bit compare behind the ring read)
+                    with m.If((byte != 0) | low_over):
                         m.d.sync += self.bad_lengths.eq(self.bad_lengths + 1)
                         resync()
                     with m.Else():
@@ -289,7 +293,7 @@ class LinkEngine(wiring.Component):
                         m.d.sync += [head.eq(head + 1), length[8:].eq(byte), received.eq(0),
                                      payload.eq(0), crc_left.eq(4)]
                         m.next = "PAYLOAD"
-                        with m.If(full == 0):
+                        with m.If((byte == 0) & low_zero):
                             m.next = "CRC"
             with m.State("PAYLOAD"):
                 with m.If(have):
