@@ -90,7 +90,7 @@ def expected_heralds(config: LabConfig) -> HeraldExpectation:
     cycle_ps = ref.cycle_ps if ref is not None else period_ps
     n = int(round(cycle_ps / period_ps)) if (cycle_ps / period_ps).is_integer() else int(100 * cycle_ps / period_ps)
     t = np.arange(n) * period_ps
-    t = t[attempt_syncs(lab, np.rint(t).astype(np.int64))]
+    t = attempt_syncs(lab, np.rint(t).astype(np.int64)).astype(float)
     lam_ref = np.zeros(len(t))
     if ref is not None:  # reference light in a window the herald registers put inside a burst
         for c in channels["detectors"]:

@@ -37,15 +37,33 @@ PhaseFn = Callable[[np.ndarray], np.ndarray]
 
 
 def attempt_syncs(lab: SimLab, times: np.ndarray) -> np.ndarray:
-    """Which laser pulses at ``times`` (ps) the sequencer makes attempts of, and so sends as
-    sync pulses: those whose detection window at the station (``arrival_delay_ps`` later,
-    ``window_ps`` long) lies outside every reference burst. All of them without reference
+    """The laser pulses among ``times`` (ps, increasing) that the sequencer makes attempts of, and
+    so sends as sync pulses: those whose detection window at the station (``arrival_delay_ps``
+    later, ``window_ps`` long) lies outside every reference burst. All of them without reference
     light or heralding (nothing to time-share)."""
     ref, h = lab.reference, lab.heralding
-    if ref is None or h is None:
-        return np.ones(len(times), bool)
-    start = (times + h.arrival_delay_ps) % ref.cycle_ps
-    return (start >= ref.burst_ps) & (start + h.window_ps <= ref.cycle_ps)
+    if ref is None or h is None or len(times) == 0:
+        return times
+    return _outside_bursts(times, h.arrival_delay_ps, ref.cycle_ps, ref.burst_ps, h.window_ps)
+
+
+@njit(cache=True, nogil=True)
+def _outside_bursts(times, offset_ps, cycle_ps, burst_ps, window_ps):
+    # The phase in the cycle follows the times by differences: one modulo for the batch, not
+    # one a pulse (an integer division costs more than the rest of the loop).
+    out = np.empty_like(times)
+    phase = (times[0] + offset_ps) % cycle_ps
+    prev = times[0]
+    k = 0
+    for i in range(times.shape[0]):
+        phase += times[i] - prev
+        prev = times[i]
+        while phase >= cycle_ps:
+            phase -= cycle_ps
+        if phase >= burst_ps and phase + window_ps <= cycle_ps:
+            out[k] = times[i]
+            k += 1
+    return out[:k]
 
 
 def detector_models(lab: SimLab, channels: list[int]) -> dict[int, DetectorModel]:
@@ -432,7 +450,7 @@ class PhotonSource:
         """(channel, photon arrival times before the detector) for emissions in [t0, t1)."""
         lab = self.lab
         sync_times = self._sync_times(t0, t1)  # the laser's pulses (a pulsed pair source's pump too)
-        attempts = sync_times[attempt_syncs(lab, sync_times)]
+        attempts = attempt_syncs(lab, sync_times)
         if lab.sync is not None:
             yield lab.sync.channel, self._detected(lab.sync.channel, attempts)
 
