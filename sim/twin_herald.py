@@ -242,10 +242,16 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     ev = decided >= 0
 
     det_t, det_c = _clicks(entries, channels, s.detector_mask)
-    veto_t, _ = _clicks(entries, channels, s.veto_mask)
-    e_n, e_i = _in(det_t, start, early_end)
-    l_n, l_i = _in(det_t, late_start, last_bin)
-    v_n, _ = _in(veto_t, start, last_bin)
+    # Only decided attempts look at their windows (none with the rule off, the registers at
+    # reset): the searches over every attempt cost as much as the rest of the twin.
+    none = np.zeros(len(push), np.int64)
+    e_n, e_i = _in(det_t, start, early_end) if ev.any() else (none, none)
+    l_n, l_i = _in(det_t, late_start, last_bin) if two and ev.any() else (none, none)
+    if s.veto_mask and ev.any():
+        veto_t, _ = _clicks(entries, channels, s.veto_mask)
+        v_n, _ = _in(veto_t, start, last_bin)
+    else:
+        v_n = none
     vetoed = ev & (v_n > 0)
 
     lowest = (s.detector_mask & -s.detector_mask).bit_length() - 1
