@@ -283,18 +283,23 @@ def test_replay_plays_a_recording_through_the_same_api(node, tmp_path):
     with h5py.File(path, "r") as f:
         channels = f["/photon_data/detectors"][:]
         n_heralds = f["/qnode/heralds"].shape[0]
-    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
-                replay=path, replay_speed=None) as replay, Client(replay.control_url) as c:
-        deadline = time.monotonic() + 30
-        while not replay.source.finished and time.monotonic() < deadline:
-            time.sleep(0.1)
-        counts = c.call("measure.rates")["counts"]
-        heralds = c.call("measure.heralds")
-        with pytest.raises(ApiError, match="NotAvailable"):
-            c.call("registers.read", name="bin_ps")
+    counts, heralds, _ = _replayed(path)
     assert sum(counts.values()) == rec["tags"] == len(channels)
     assert counts["sync"] == np.count_nonzero(channels == 0)
     assert heralds["total"] == n_heralds  # (the rotated-recording test below has heralds to play)
+
+
+def _replayed(path):
+    """Play a recording through a daemon as fast as possible: the rates and heralds its API
+    measured, and its source's status. A replay has no registers: asked, it says so."""
+    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
+                replay=path, replay_speed=None) as replay, Client(replay.control_url) as c:
+        deadline = time.monotonic() + 60  # a loop bound only
+        while not replay.source.finished and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(ApiError, match="NotAvailable"):
+            c.call("registers.read", name="bin_ps")
+        return c.call("measure.rates")["counts"], c.call("measure.heralds"), c.call("status")["source"]
 
 
 def test_replay_plays_every_file_of_a_rotated_recording(tmp_path):
@@ -309,14 +314,7 @@ def test_replay_plays_every_file_of_a_rotated_recording(tmp_path):
         for batch in np.array_split(events, 3):
             rec.append(batch)
     assert len(recording_files(first)) == 3
-    with Daemon(load_config(), control_url="tcp://127.0.0.1:0", stream_url="tcp://127.0.0.1:0",
-                replay=first, replay_speed=None) as replay, Client(replay.control_url) as c:
-        deadline = time.monotonic() + 60
-        while not replay.source.finished and time.monotonic() < deadline:
-            time.sleep(0.1)
-        counts = c.call("measure.rates")["counts"]
-        heralds = c.call("measure.heralds")
-        source = c.call("status")["source"]
+    counts, heralds, source = _replayed(first)
     is_tag = events["kind"] == Kind.TAG
     assert sum(counts.values()) == source["tags_played"] == source["tags_total"] == np.count_nonzero(is_tag)
     assert heralds["total"] == heralds["by_outcome"][1] == np.count_nonzero(~is_tag)
