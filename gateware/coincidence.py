@@ -72,18 +72,19 @@ class CoincidenceUnit(wiring.Component):
         seen = [Signal(MASK_BITS, name=f"seen_{p}") for p in range(p_n)]
         is_open = [Signal(name=f"open_{p}") for p in range(p_n)]
 
+        # the lowest pattern still owed, one-hot as a LUT priority, and its record selected by
+        # it (AND-OR): this feeds the packer's registers, so no carry or mux chain on it
         owed_lowest = Signal(p_n)
-        m.d.comb += owed_lowest.eq(owed & ~(owed - 1))
-        owed_index = Signal(range(max(p_n, 2)))
-        for p in reversed(range(p_n)):
-            with m.If(owed[p]):
-                m.d.comb += owed_index.eq(p)
-
+        m.d.comb += owed_lowest.eq(Cat(owed[p] & ~owed[:p].any() if p else owed[0]
+                                       for p in range(p_n)))
         record = Signal(Marked)
+        index_or = time_or = seen_or = 0
         for p in range(p_n):
-            with m.If(owed_index == p):
-                m.d.comb += [record.entry.time.eq(opened[p]), record.entry.count.eq(seen[p])]
-        m.d.comb += [record.channel.eq(owed_index), record.coincidence.eq(1),
+            index_or = index_or | Mux(owed_lowest[p], p, 0)
+            time_or = time_or | (opened[p] & owed_lowest[p].replicate(TIME_BITS))
+            seen_or = seen_or | (seen[p] & owed_lowest[p].replicate(MASK_BITS))
+        m.d.comb += [record.entry.time.eq(time_or), record.entry.count.eq(seen_or),
+                     record.channel.eq(index_or), record.coincidence.eq(1),
                      record.source.eq(held.channel)]
 
         out = Signal(Marked)

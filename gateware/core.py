@@ -96,8 +96,12 @@ class TimeTaggerCore(wiring.Component):
                 for p in range(coinc.patterns):
                     m.d.comb += getattr(coinc, port)[p].eq(regs.rw[reg][p])
             m.d.comb += coinc.emit.eq(regs.rw["coinc_emit"][0])
+            # counted a clock late: the pulse leaves the unit's take/ready logic through a
+            # register, not into the counters' adders
+            counted = Signal(coinc.patterns)
+            m.d.sync += counted.eq(coinc.counted)
             self._count(m, regs.wo["coinc_counters_clear"],
-                        [(regs.ro["coinc_count"][p], coinc.counted[p]) for p in range(coinc.patterns)])
+                        [(regs.ro["coinc_count"][p], counted[p]) for p in range(coinc.patterns)])
         else:
             marked = Signal(Marked)
             m.d.comb += [marked.entry.eq(merger.merged.payload.entry),
@@ -128,6 +132,10 @@ class TimeTaggerCore(wiring.Component):
 
         clear = regs.wo["ts_counters_clear"]
         counters = {name: regs.ro[name] for name in COUNTERS}
+        # the packer's drops counted a clock late (its drop decision stays out of the adders)
+        dropped = Signal.like(packer.dropped)
+        dropped_channel = Signal.like(packer.dropped_channel)
+        m.d.sync += [dropped.eq(packer.dropped), dropped_channel.eq(packer.dropped_channel)]
         for i in range(c):
             ts = Timestamper(n)
             fifo = ChannelFifo(self.fifo_depth)
@@ -146,13 +154,14 @@ class TimeTaggerCore(wiring.Component):
             if self.herald:
                 m.d.comb += [herald.tags[i].valid.eq(ts.entry.valid),
                              herald.tags[i].payload.eq(ts.entry.payload),
+                             herald.lost_times[i].eq(ts.lost_time),
                              herald.delays[i].eq(regs.rw["ts_delay_bins"][i])]
 
             increments = {
                 "ts_tag_count": ts.tagged,
                 "ts_same_clock_lost": ts.same_clock_lost,
                 "ts_fifo_lost": fifo.dropped,
-                "ts_output_lost": Mux(packer.dropped_channel == i, packer.dropped, 0),
+                "ts_output_lost": Mux(dropped_channel == i, dropped, 0),
             }
             for name, inc in increments.items():
                 counter = counters[name][i]

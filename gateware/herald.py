@@ -31,9 +31,10 @@ A click is a tag, plus the first edge the timestamper lost in the same clock (it
 Decision and latency. Let E be the attempt's last window bin and ``d_min`` the smallest
 ``delay_bins`` of the detector and veto channels. Word k of the fastest of them holds bin E when
 ``k = (E - d_min) // N``; all clicks up to E have been shown at clock k + 3, their offsets from
-S are registered and accumulated at k + 4 (a pipeline stage, so no wide adder feeds a compare in
-the same clock), the decision is registered at k + 5 and the pin rises at **k + 6**, whatever the
-outcome or when the deciding click came: ``PIN_LATENCY = 6`` clocks from the sample word that
+S are registered at k + 4, their window compares at k + 5 and accumulated then (pipeline stages,
+so no wide adder feeds a compare, and no compare a count, in the same clock), the decision is
+registered at k + 6 and the pin rises at **k + 7**, whatever the outcome or when the deciding
+click came: ``PIN_LATENCY = 7`` clocks from the sample word that
 completes the condition (the one holding the window's last bin) to the pin. ``record`` carries
 the HERALD fields in the same clock as the pin's rising edge (``record.valid`` for one clock).
 
@@ -60,7 +61,7 @@ OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1
 OUTCOMES = 4
 ATTEMPT_QUEUE = 64  # windows in flight: >= the 49 of the reference lab
 SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
-PIN_LATENCY = SEEN_LATENCY + 3  # k + 3 all clicks shown, k + 4 accumulated, k + 5 decision, k + 6 pin
+PIN_LATENCY = SEEN_LATENCY + 4  # k + 3 all clicks shown, k + 4 offsets, k + 5 compared and accumulated, k + 6 decision, k + 7 pin
 OFFSET_BITS = 32
 LENGTH_BITS = 16
 PIN_CLOCKS_BITS = 16
@@ -79,6 +80,7 @@ class HeraldUnit(wiring.Component):
         super().__init__({
             "tags": In(stream.Signature(Entry, always_ready=True)).array(channels),
             "now": In(TIME_BITS),  # coarse clock counter (the core's ``now``)
+            "lost_times": In(TIME_BITS).array(channels),  # with tags: Timestamper.lost_time
             "delays": In(DELAY_BITS).array(channels),  # the channels' ts_delay_bins
             # settings
             "rule": In(2),
@@ -136,12 +138,12 @@ class HeraldUnit(wiring.Component):
         # word now - 3): the fastest channel's bound decides, the slowest guards the next window.
         # Both are registers, computed a clock ahead so no adder sits before their compares:
         # seen_max: every click a watched channel can show up to this clock is at or below it;
-        # seen_min_before: all clicks up to it, on every watched channel, were shown up to the
-        # previous clock (those are the ones the accumulators hold now, see the pipeline below).
+        # seen_min_before: all clicks up to it, on every watched channel, were shown two clocks
+        # ago (those are the ones the accumulators hold now, see the pipeline below).
         seen_min_before = Signal(TIME_BITS)
         seen_max = Signal(TIME_BITS)
         m.d.sync += [
-            seen_min_before.eq(Cat(Const(n - 1, shift), self.now - SEEN_LATENCY) + d_min),
+            seen_min_before.eq(Cat(Const(n - 1, shift), self.now - SEEN_LATENCY - 1) + d_min),
             seen_max.eq(Cat(Const(n - 1, shift), self.now + 1 - SEEN_LATENCY) + d_max),
         ]
 
@@ -196,60 +198,71 @@ class HeraldUnit(wiring.Component):
         early_t, late_t = Signal(TIME_BITS), Signal(TIME_BITS)
         veto = Signal()
 
-        # Each click's place relative to S, once per channel: d = t - S (and d + gap for a lost
-        # edge), near when 0 <= d < 2**OFFSET_SPAN_BITS; the windows are then narrow compares
-        # of d against the attempt's offsets instead of full-width compares of times.
-        # Pipelined: the offsets are registered (stage P), the windows' compares and the
-        # accumulators use them a clock later. ``placed`` says they were taken against the
-        # window that is still current (not in the clock a new window was taken).
-        places = []
+        # Each click's place relative to S, once per channel: d = t - S (and for a lost edge
+        # its own time, which the timestamper gives beside the tag), near when
+        # 0 <= d < 2**OFFSET_SPAN_BITS; the windows are then narrow compares of d against the
+        # attempt's offsets instead of full-width compares of times. Three registered stages:
+        # P the offsets, W the window compares (per channel and click, the masks applied),
+        # then the counts and the first click of each window, accumulated. ``placed`` says
+        # P and W were both taken against the window that is current.
+        hits_e, hits_l, hits_v, times = [], [], [], []
         for i in range(c):
             tag = self.tags[i]
             d = Signal(TIME_BITS + 1, name=f"d_{i}")
             d2 = Signal(TIME_BITS + 1, name=f"d_lost_{i}")
-            t2 = Signal(TIME_BITS, name=f"lost_time_{i}")
-            m.d.comb += [d.eq(tag.payload.time - start), t2.eq(tag.payload.time + tag.payload.gap),
-                         d2.eq(t2 - start)]
+            m.d.comb += [d.eq(tag.payload.time - start), d2.eq(self.lost_times[i] - start)]
             seen = tag.valid & ~tag.payload.loss
-            regs = (Signal(name=f"near_{i}"), Signal(OFFSET_SPAN_BITS, name=f"off_{i}"),
-                    Signal(name=f"near_lost_{i}"), Signal(OFFSET_SPAN_BITS, name=f"off_lost_{i}"),
-                    Signal(TIME_BITS, name=f"time_{i}"), Signal(TIME_BITS, name=f"time_lost_{i}"))
+            near, near2 = Signal(name=f"near_{i}"), Signal(name=f"near_lost_{i}")
+            off, off2 = (Signal(OFFSET_SPAN_BITS, name=f"off_{i}"),
+                         Signal(OFFSET_SPAN_BITS, name=f"off_lost_{i}"))
+            p_t, p_t2 = Signal(TIME_BITS, name=f"p_time_{i}"), Signal(TIME_BITS, name=f"p_time_lost_{i}")
             m.d.sync += [
-                regs[0].eq(seen & (d[OFFSET_SPAN_BITS:] == 0)), regs[1].eq(d[:OFFSET_SPAN_BITS]),
-                regs[2].eq(seen & (tag.payload.count != 0) & (d2[OFFSET_SPAN_BITS:] == 0)),
-                regs[3].eq(d2[:OFFSET_SPAN_BITS]), regs[4].eq(tag.payload.time), regs[5].eq(t2),
+                near.eq(seen & (d[OFFSET_SPAN_BITS:] == 0)), off.eq(d[:OFFSET_SPAN_BITS]),
+                near2.eq(seen & (tag.payload.count != 0) & (d2[OFFSET_SPAN_BITS:] == 0)),
+                off2.eq(d2[:OFFSET_SPAN_BITS]), p_t.eq(tag.payload.time), p_t2.eq(self.lost_times[i]),
             ]
-            places.append(regs)
+            # stage W: in order tag, lost edge (the lowest channel's tag is the first click)
+            for hits, mask, inside in (
+                    (hits_e, self.detector_mask, lambda o: o < early_len),
+                    (hits_l, self.detector_mask, lambda o: (o >= late_off) & (o < late_end)),
+                    (hits_v, self.veto_mask, lambda o: o <= last_off)):
+                for k, (nr, o) in enumerate(((near, off), (near2, off2))):
+                    h = Signal(name=f"hit_{len(hits)}_{k}_{i}")
+                    m.d.sync += h.eq(mask[i] & nr & inside(o))
+                    hits.append(h)
+            for t in (p_t, p_t2):
+                w_t = Signal(TIME_BITS, name=f"w_{t.name}")
+                m.d.sync += w_t.eq(t)
+                times.append(w_t)
+        placed_p = Signal()
         placed = Signal()
 
-        def window_clicks(inside, mask):
-            """Clicks this clock for which ``inside(offset)`` holds, on ``mask``: (count 0..2,
-            channel and time of the lowest channel's)."""
-            hits = []
-            for i, (near, off, near2, off2, _, _) in enumerate(places):
-                hits.append((mask[i] & near & inside(off), mask[i] & near2 & inside(off2)))
-            total = Signal(range(2 * c + 1))
-            m.d.comb += total.eq(sum(a + b for a, b in hits))
-            ch = Signal(6)
-            tm = Signal(TIME_BITS)
-            for i in reversed(range(c)):
-                a, b = hits[i]
-                t, t2 = places[i][4], places[i][5]
-                with m.If(a | b):
-                    m.d.comb += [ch.eq(i), tm.eq(Mux(a, t, t2))]
+        def window_clicks(hits):
+            """Stage W's hits of one window -> (count saturated at 2, channel and time of the
+            first click): an OR tree and a one-hot select, no adder or priority chain."""
+            v = Cat(hits)
+            first = Signal(len(v))
+            m.d.comb += first.eq(Cat(v[j] & ~v[:j].any() if j else v[0] for j in range(len(v))))
             count = Signal(2)
-            m.d.comb += count.eq(Mux(total > 2, 2, total))
+            m.d.comb += count.eq(Mux(v.any(), Mux((v & ~first).any(), 2, 1), 0))
+            ch = Signal(6)
+            ch_or, tm_or = 0, 0
+            for j in range(len(v)):
+                ch_or = ch_or | Mux(first[j], j // 2, 0)
+                tm_or = tm_or | (times[j] & first[j].replicate(TIME_BITS))
+            tm = Signal(TIME_BITS)
+            m.d.comb += [ch.eq(ch_or), tm.eq(tm_or)]
             return count, ch, tm
 
-        e_cnt, e_ch, e_t = window_clicks(lambda off: off < early_len, self.detector_mask)
-        l_cnt, l_ch, l_t = window_clicks(lambda off: (off >= late_off) & (off < late_end),
-                                         self.detector_mask)
-        v_cnt, _, _ = window_clicks(lambda off: off <= last_off, self.veto_mask)
+        e_cnt, e_ch, e_t = window_clicks(hits_e)
+        l_cnt, l_ch, l_t = window_clicks(hits_l)
+        v_cnt, _, _ = window_clicks(hits_v)
 
         def accumulate(acc_n, acc_ch, acc_t, cnt, ch, t):
             with m.If(acc_n == 0):
                 m.d.sync += [acc_ch.eq(ch), acc_t.eq(t)]
-            m.d.sync += acc_n.eq(Mux(acc_n + cnt > 2, 2, acc_n + cnt))
+            # saturating 0, 1, 2 (two or more) as logic of two 2-bit values
+            m.d.sync += acc_n.eq(Mux(acc_n[1] | cnt[1] | (acc_n[0] & cnt[0]), 2, acc_n | cnt))
 
         last_offset = Signal(OFFSET_SPAN_BITS)
         m.d.comb += last_offset.eq(Mux(self.rule == RULE_TWO, self.late_bins, 0) + self.length_bins - 1)
@@ -283,7 +296,7 @@ class HeraldUnit(wiring.Component):
             # every click up to E was shown by the previous clock and is accumulated now: done
             with m.If(seen_min_before >= last_bin):
                 m.d.sync += deciding.eq(1)
-        m.d.sync += placed.eq(~take)
+        m.d.sync += [placed_p.eq(~take), placed.eq(~take & placed_p)]
 
         # --- decision (the clock after done), registered to the pin and the record ------------
         outcome = Signal(4)

@@ -137,20 +137,24 @@ class Packer(wiring.Component):
         big = Signal(self.channels)
         chunks = [Signal(COUNT_BITS, name=f"chunk_{i}") for i in range(self.channels)]
         any_pending = nonzero.any()
-        lowest = Signal(self.channels)  # one-hot: the lowest channel with pending losses
-        m.d.comb += lowest.eq(nonzero & ~(nonzero - 1))
+        # one-hot: the lowest channel with pending losses, as a LUT priority (no carry chain),
+        # and everything a flush takes selected by it (AND-OR): its channel, count, time, and
+        # whether its time is in another epoch, each channel's compare made in parallel
+        lowest = Signal(self.channels)
+        m.d.comb += lowest.eq(Cat(nonzero[i] & ~nonzero[:i].any() if i else nonzero[0]
+                                  for i in range(self.channels)))
         flush_channel = Signal(range(max(self.channels, 2)))
-        for i in reversed(range(self.channels)):
-            with m.If(nonzero[i]):
-                m.d.comb += flush_channel.eq(i)
         chunk = Signal(PENDING_BITS)
         flush_time = Signal(TIME_BITS)
-        chunk_or = 0
-        time_or = 0
+        flush_epoch_differs = Signal()
+        channel_or = chunk_or = time_or = differs_or = 0
         for i in range(self.channels):
+            channel_or = channel_or | Mux(lowest[i], i, 0)
             chunk_or = chunk_or | (chunks[i] & lowest[i].replicate(COUNT_BITS))
             time_or = time_or | (pending_time[i] & lowest[i].replicate(TIME_BITS))
-        m.d.comb += [chunk.eq(chunk_or), flush_time.eq(time_or)]
+            differs_or = differs_or | (lowest[i] & (pending_time[i][WORD_TIME_BITS:] != epoch_sent))
+        m.d.comb += [flush_channel.eq(channel_or), chunk.eq(chunk_or), flush_time.eq(time_or),
+                     flush_epoch_differs.eq(differs_or)]
 
         # out.level <= q - 4, kept as a register: the output FIFO's level counted alongside it
         level = Signal(range(q + 1))
@@ -193,7 +197,7 @@ class Packer(wiring.Component):
                 time.eq(flush_time), time2.eq(flush_time),
                 count.eq(chunk), count_less.eq(chunk - LOSS_COUNT_MAX),
                 has_second.eq(0),
-                epoch_differs.eq(flush_time[WORD_TIME_BITS:] != epoch_sent),
+                epoch_differs.eq(flush_epoch_differs),
             ]
         with m.Elif(self.marked.valid & self.marked.ready):
             rec = self.marked.payload

@@ -6,7 +6,8 @@ Any further edge in the same word that is past the dead time measured from that 
 recorded (one tag per channel per clock): it is counted and leaves as a LOSS record with reason
 SAME_CLOCK right behind the tag, carrying the first lost edge's time. Nothing is dropped silently.
 
-Stage B adds the channel's delay: ``time_bins = now * N + fine + delay_bins``.
+Stage B adds the channel's delay: ``time_bins = now * N + fine + delay_bins``, and finds the
+same-clock losses from stage A's registered edges.
 
 Dead time runs from recorded tags only (edges lost in the same clock do not extend it). An edge
 inside the dead time is ignored by design (the detector's own recovery, set by the user) and is
@@ -18,10 +19,12 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from qnode.firmware.registers import DEAD_TIME_BITS, DELAY_BITS
+from qnode.firmware.registers import DEAD_TIME_BITS, DELAY_BITS, REGISTER_MAP
 
 from .capture import coarse_bits
 from .params import COUNT_BITS, ENTRY_FIELDS, GAP_BITS, TIME_BITS
+
+DEAD_TIME_RESET = REGISTER_MAP["ts_dead_time_bins"].reset
 
 Entry = data.StructLayout(dict(ENTRY_FIELDS))
 """A ChannelFifo entry (see gateware/params.py for what each field means)."""
@@ -40,6 +43,9 @@ class Timestamper(wiring.Component):
             "entry": Out(stream.Signature(Entry, always_ready=True)),
             "tagged": Out(1),  # stage A found a tag this clock (for the tag counter)
             "same_clock_lost": Out(range(oversampling)),  # edges lost in this clock
+            # with ``entry``: time + gap, the first same-clock loss's time (the herald unit
+            # counts it as a click; here it costs an adder beside stage B's, not one after it)
+            "lost_time": Out(TIME_BITS),
         })
 
     def elaborate(self, platform):
@@ -65,38 +71,36 @@ class Timestamper(wiring.Component):
         allowed = Signal(n)
         m.d.comb += allowed.eq(Cat(edges[b] & dl_near & (dl_low <= b) for b in range(n)))
 
-        first = Signal(n)  # one-hot: the earliest allowed edge
-        m.d.comb += first.eq(allowed & ~(allowed - 1))
+        # one-hot: the earliest allowed edge, as a LUT priority (no carry chain on the loop)
+        first = Signal(n)
+        m.d.comb += first.eq(Cat(allowed[b] & ~allowed[:b].any() if b else allowed[0]
+                                 for b in range(n)))
         fine = Signal(range(n))
         for b in range(n):
             with m.If(first[b]):
                 m.d.comb += fine.eq(b)
         hit = allowed.any()
 
-        # dead time ends at fine + dt (bins from the word start): a later edge in this word past
-        # it is a SAME_CLOCK loss. Only a dead time below N can end inside the word.
-        dt_small = Signal()
-        m.d.comb += dt_small.eq(dt < n)
-        until_small = Signal(shift + 1)
-        m.d.comb += until_small.eq(fine + dt[:shift])
-        lost = Signal(n)
-        m.d.comb += lost.eq(Cat(allowed[b] & (b > fine) & dt_small & (until_small <= b)
-                                for b in range(n)))
-        first_lost = Signal(range(n))
-        for b in reversed(range(n)):
-            with m.If(lost[b]):
-                m.d.comb += first_lost.eq(b)
-
-        # what dead_left becomes after a tag at bin f, for every f in parallel (from the setting
-        # only), then chosen by the one-hot ``first``
+        # What dead_left becomes after a tag at bin f, for every f, and the mask of the bins a
+        # tag at f leaves inside this word past its dead time (SAME_CLOCK losses if they hold
+        # an edge): functions of the setting alone, registered, so the loop word -> tag -> dead
+        # time only selects among them with the one-hot ``first``.
         left_after = 0
         near_after = 0
+        past = []
+        dt0 = DEAD_TIME_RESET  # the registers start as the setting's reset value implies
         for f in range(n):
             until_f = Signal(DEAD_TIME_BITS + 2, name=f"until_{f}")
-            left_f = Signal(DEAD_TIME_BITS + 1, name=f"left_after_{f}")
-            m.d.comb += [until_f.eq(dt + f), left_f.eq(Mux(until_f > n, until_f - n, 0))]
+            left_f = Signal(DEAD_TIME_BITS + 1, name=f"left_after_{f}", init=max(dt0 + f - n, 0))
+            near_f = Signal(name=f"near_after_{f}", init=dt0 + f < 2 * n)
+            past_f = Signal(n, name=f"past_{f}",
+                            init=sum(1 << b for b in range(n) if f < b and dt0 + f <= b))
+            m.d.comb += until_f.eq(dt + f)
+            m.d.sync += [left_f.eq(Mux(until_f > n, until_f - n, 0)), near_f.eq(until_f < 2 * n),
+                         past_f.eq(Cat((b > f) & (until_f <= b) for b in range(n)))]
             left_after = left_after | (left_f & first[f].replicate(DEAD_TIME_BITS + 1))
-            near_after = near_after | (first[f] & (until_f < 2 * n))
+            near_after = near_after | (first[f] & near_f)
+            past.append(past_f)
         left_tag = Signal(DEAD_TIME_BITS + 1)
         m.d.comb += left_tag.eq(left_after)
         left_idle = Signal(DEAD_TIME_BITS + 1)
@@ -108,18 +112,32 @@ class Timestamper(wiring.Component):
             m.d.sync += [dead_left.eq(left_idle), dl_near.eq(dead_left < 2 * n),
                          dl_low.eq(left_idle[:shift])]
 
+        # Same-clock losses need no place in the loop: stage A registers the allowed edges and
+        # the tag, and stage B finds the lost ones (allowed edges past the tag's dead time)
+        # beside the time adder.
         a_hit = Signal()
         a_fine = Signal(range(n))
-        a_count = Signal(range(n))
-        a_gap = Signal(GAP_BITS)
+        a_first = Signal(n)
+        a_allowed = Signal(n)
         a_now = Signal(coarse_bits(n))
         m.d.sync += [
             a_hit.eq(hit),
             a_fine.eq(fine),
-            a_count.eq(sum(lost[b] for b in range(n))),
-            a_gap.eq(first_lost - fine),
+            a_first.eq(first),
+            a_allowed.eq(allowed),
             a_now.eq(self.sample_now),
         ]
+        lost = Signal(n)
+        m.d.comb += lost.eq(a_allowed & Cat(
+            (a_first[:b] & Cat(past[f][b] for f in range(b))).any() if b else 0 for b in range(n)))
+        a_count = Signal(range(n))
+        m.d.comb += a_count.eq(sum(lost[b] for b in range(n)))
+        first_lost = Signal(range(n))
+        for b in reversed(range(n)):
+            with m.If(lost[b]):
+                m.d.comb += first_lost.eq(b)
+        a_gap = Signal(GAP_BITS)
+        m.d.comb += a_gap.eq(first_lost - a_fine)
         m.d.comb += [
             self.tagged.eq(a_hit),
             self.same_clock_lost.eq(Mux(a_hit, a_count, 0)),
@@ -128,6 +146,7 @@ class Timestamper(wiring.Component):
         # --- stage B: time in bins with the channel delay --------------------------------
         time = Signal(TIME_BITS)
         m.d.comb += time.eq(Cat(a_fine, a_now) + self.delay_bins)
+        m.d.sync += self.lost_time.eq(Cat(first_lost, a_now) + self.delay_bins)
         m.d.sync += [
             self.entry.valid.eq(a_hit),
             self.entry.payload.time.eq(time),

@@ -22,7 +22,7 @@ from qnode.gateware.params import WRITE_LATENCY
 RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
 OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
 SEEN_LATENCY = WRITE_LATENCY
-PIN_LATENCY = SEEN_LATENCY + 3
+PIN_LATENCY = SEEN_LATENCY + 4
 QUEUE_LATENCY = 4  # the sync tag registered, written at P + 1, at the queue's head at P + 3,
 # in the next-attempt register at P + 4
 ATTEMPT_BITS = 18
@@ -178,8 +178,8 @@ def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off, start_now)
             free = q + 1
             continue
         x = (last_bin[i] - d_min) // n - start_now + SEEN_LATENCY  # every click up to E shown
-        decided[i] = x + 2  # accumulated at x + 1, the decision registered at x + 2
-        free = x + 2  # the deciding clock takes the next attempt
+        decided[i] = x + 3  # offsets at x + 1, accumulated at x + 2, the decision registered at x + 3
+        free = x + 3  # the deciding clock takes the next attempt
     return take, late, decided
 
 

@@ -71,6 +71,7 @@ class HeraldBench(wiring.Component):
                 ts.enable.eq(self.enable[i]), ts.edge.eq(self.edge[i]),
                 ts.delay_bins.eq(self.delay_bins[i]), ts.dead_time_bins.eq(self.dead_time_bins[i]),
                 herald.tags[i].valid.eq(ts.entry.valid), herald.tags[i].payload.eq(ts.entry.payload),
+                herald.lost_times[i].eq(ts.lost_time),
                 herald.delays[i].eq(self.delay_bins[i]),
             ]
         return m
@@ -146,9 +147,9 @@ def test_single_click_psi_plus_and_psi_minus_with_the_fixed_latency():
         records, pin, counts = single([(40, 0), (143 + ch - 3 + 4 * (ch - 3), ch)])
         (clock, channel, got, attempt, time), = records
         assert (channel, got, attempt) == (ch, outcome, 0)
-        # the sample word holding the window's last bin (149) is word 18: pin at 18 + 6
-        assert clock == 149 // N + PIN_LATENCY == 24
-        assert pin == [24]
+        # the sample word holding the window's last bin (149) is word 18: pin at 18 + 7
+        assert clock == 149 // N + PIN_LATENCY == 25
+        assert pin == [25]
         assert counts["success"][outcome - 1] == 1 and counts["attempt"] == 1
 
 
@@ -222,7 +223,7 @@ def test_two_click_rule_same_and_different_detectors():
 
 def test_pin_stays_high_for_pin_clocks():
     _, pin, _ = single([(40, 0), (143, 3)], settings=replace(SINGLE, pin_clocks=4))
-    assert pin == [24, 25, 26, 27]
+    assert pin == [25, 26, 27, 28]
 
 
 def test_latency_counts_from_the_fastest_watched_channel():
