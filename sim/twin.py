@@ -170,17 +170,12 @@ def samples_from_pulses(time_bins, channel, width_bins: int, n_clocks: int, conf
 
 
 @numba.njit(cache=True)
-def _timestamp(edges, edge_starts, n, dead_time, delay, start_now):
+def _timestamp(edges, edge_starts, n, dead_time, delay, start_now, t_clock, t_time, t_count, t_gap,
+               run_end):
     """Edges of all channels (concatenated, per channel sorted) -> entries in place: channel
     ch's entries run from edge_starts[ch] to run_end[ch] (write clock, time with delay,
     same-clock lost count, gap to the first lost edge)."""
     channels = len(edge_starts) - 1
-    total = len(edges)
-    t_clock = np.empty(total, np.int64)
-    t_time = np.empty(total, np.int64)
-    t_count = np.empty(total, np.int32)
-    t_gap = np.empty(total, np.int32)
-    run_end = np.empty(channels, np.int64)
     shift = 0
     while (1 << shift) < n:  # n is 4 or 8: a shift instead of a division
         shift += 1
@@ -206,16 +201,23 @@ def _timestamp(edges, edge_starts, n, dead_time, delay, start_now):
             t_gap[m] = 0
             m += 1
         run_end[ch] = m
-    return t_clock, t_time, t_count, t_gap, run_end
 
 
 def timestamp(edges: list[np.ndarray], config: TwinConfig) -> "Entries":
     """Edges per channel (bins) -> each channel's entries, in write-clock order."""
     flat = np.concatenate([np.asarray(e, np.int64) for e in edges]) if edges else np.zeros(0, np.int64)
     starts = np.cumsum([0] + [len(e) for e in edges]).astype(np.int64)
-    clock, time, count, gap, ends = _timestamp(
-        flat, starts, config.oversampling, np.asarray(config.dead_time_bins, np.int64),
-        np.asarray(config.delay_bins, np.int64), config.start_now)
+    # outputs from numpy, not numba: numpy asks for huge pages on large arrays, which saves
+    # the page faults that cost as much as the loop itself
+    total = len(flat)
+    clock = np.empty(total, np.int64)
+    time = np.empty(total, np.int64)
+    count = np.empty(total, np.int32)
+    gap = np.empty(total, np.int32)
+    ends = np.empty(len(edges), np.int64)
+    _timestamp(flat, starts, config.oversampling, np.asarray(config.dead_time_bins, np.int64),
+               np.asarray(config.delay_bins, np.int64), config.start_now, clock, time, count, gap,
+               ends)
     return Entries(clock, time, count, gap, starts[:-1].copy(), ends)
 
 
@@ -248,13 +250,13 @@ _REC_TAG, _REC_FIFO_LOSS, _REC_OUTPUT_LOSS, _REC_COINC, _REC_HERALD = 0, 1, 2, 3
 HERALD_QUEUE = 4  # keep in step with gateware/packer.py
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _loss_word(channel, reason, count, time):
     return ((np.int64(Kind.LOSS) << 60) | (np.int64(channel) << 54)
             | (((np.int64(reason) << 18) | count) << 32) | (time & _TIME_LOW))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _next_entry(next_clock, skip, skip_clock):
     """Channel whose next entry is written first (ties: lowest channel), -1 when none is left.
     ``next_clock[ch]``: write clock of channel ch's next entry (NONE_LEFT when done); ``skip``:
@@ -272,7 +274,7 @@ def _next_entry(next_clock, skip, skip_clock):
 BURST_MAX = 16
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, inline="always")
 def _root_take(w, t, ch, c_n, levels, shift, start_now):
     """The clock the merger's root node takes an entry (written to its FIFO at ``w``, time
     ``t``, channel ``ch``) that meets an empty merger tree; the packer takes it one clock later.
@@ -323,7 +325,7 @@ def _coinc_take(t, ch, is_tag, masks, windows, folds, op_time, op_seen, op_open,
 @numba.njit(cache=True)
 def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, first, depth, shift,
            start_now, c_n, levels, epoch_sent, out_words, n_out, g_ptr, g_clock, g_entry, g_ch,
-           stage, h_next, masks, windows, folds, op_time, op_seen, op_open, c_counts):
+           stage, h_next, masks, windows, folds, op_time, op_seen, op_open, c_counts, watched):
     """An idle pipeline, an always-ready consumer and a burst of entries that no channel FIFO
     can overflow on (at most depth - 2 of them): the merger then emits them in (time, channel)
     order, whatever their clocks, and the pipeline is idle again by ``bound`` (a safe upper
@@ -371,7 +373,7 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
     for a in range(n_g):
         e, c = g_entry[a], g_ch[a]
         t = ent_time[e]
-        if stage:
+        if stage and (watched >> c) & 1:  # a channel in no pattern leaves every pattern as it is
             _coinc_take(t, c, True, masks, windows, folds, op_time, op_seen, op_open, c_counts)
         if (t >> 32) != epoch_sent:
             epoch_sent = t >> 32
@@ -468,6 +470,9 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     op_time = np.zeros(p_n, np.int64)
     op_seen = np.zeros(p_n, np.int64)
     op_open = np.zeros(p_n, np.bool_)
+    watched = np.int64(0)  # channels in some pattern
+    for p in range(p_n):
+        watched |= masks[p]
 
     # the packer's herald queue (SyncFIFOBuffered, depth HERALD_QUEUE)
     hq_cap = HERALD_QUEUE - 1
@@ -928,13 +933,13 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     res = _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock,
                                  nxt, depth, shift, start_now, c_n, levels, epoch_sent, out_words, n_out,
                                  g_ptr, g_clock, g_entry, g_ch, stage, h_next, masks, windows, folds,
-                                 op_time, op_seen, op_open, c_counts)
+                                 op_time, op_seen, op_open, c_counts, watched)
                     if res[0] < 0:
                         break
                     c_next, epoch_sent, n_out, nxt = res
                     continue
                 ch = nxt
-                if stage:
+                if stage and (watched >> ch) & 1:
                     _coinc_take(t, ch, True, masks, windows, folds, op_time, op_seen, op_open,
                                 c_counts)
                 if (t >> 32) != epoch_sent:

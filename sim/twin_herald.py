@@ -223,6 +223,17 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     d_max = max(delays) if delays else 0
 
     sl = entries.channel(s.sync_channel)
+    if s.rule == RULE_OFF or s.length_bins == 0:
+        # No attempt is ever decided (nor late): only the attempts are counted. The registers
+        # at reset, and what the lab's attempts would otherwise cost on every run.
+        push = entries.clock[sl]
+        seen = len(push) if n_clocks is None else int(np.count_nonzero(push + 1 < n_clocks))
+        none = np.zeros(0, np.int64)
+        counters = {"herald_attempt_count": seen, "herald_late_count": 0, "herald_veto_count": 0,
+                    "herald_success_count": [0, 0, 0, 0]}
+        return HeraldResult(clock=none, channel=none.copy(), outcome=none.copy(), attempt=none.copy(),
+                            attempt_index=none.copy(), time=none.copy(), done_sample=none.copy(),
+                            counters=counters)
     push = entries.clock[sl].astype(np.int64)
     start = entries.time[sl].astype(np.int64) + s.offset_bins
     attempt = np.arange(len(push), dtype=np.int64)
