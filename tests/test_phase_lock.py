@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from qnode.host.phase_lock import PhaseLock, PhaseLockSettings, simulate_lock, wrap_rad
+from qnode.host.phase_lock import PhaseFilter, PhaseLock, PhaseLockSettings, simulate_lock, wrap_rad
 
 
 @pytest.fixture(scope="module")
@@ -39,14 +39,15 @@ def test_pi_kick_is_found_and_relocked(kicked_run):
 
 
 def test_twenty_pi_kicks_relock_time_distribution():
-    # The acceptance figure is every pi kick within 10 ms; the lock does not meet it yet: about
-    # 1 kick in 9 takes 10-18 ms (docs/calibration.md: 22 of 200 kicks over ten seeds). What
-    # this asserts is the distribution it does reach: of 20 kicks on one seed at least 16
-    # within 10 ms and none over 20 ms, and the residual between kicks within 10 deg RMS.
+    # The acceptance figure is every pi kick within 10 ms. Over 200 kicks on ten seeds 6 take
+    # longer (10.9-12.1 ms, docs/calibration.md); on this seed all 20 are within 10 ms (the
+    # slowest 7.9 ms). Asserted: at least 19 of 20 within 10 ms, none over 15 ms, the median
+    # within 6 ms, and the residual between kicks within 10 deg RMS.
     kicks = [(0.1 + 0.1 * i + 0.000959 * i, math.pi if i % 2 == 0 else -math.pi) for i in range(20)]
     run = simulate_lock(duration_s=2.1, seed=5, kicks=kicks)
     relocks = np.array([np.inf if r is None else r for r in (run.relock_ms(t) for t, _ in kicks)])
-    assert (relocks <= 10.0).sum() >= 16 and relocks.max() <= 20.0, f"relock after pi kicks: {relocks.round(1)} ms"
+    assert (relocks <= 10.0).sum() >= 19 and relocks.max() <= 15.0 and np.median(relocks) <= 6.0, \
+        f"relock after pi kicks: {relocks.round(1)} ms"
     rms = np.sqrt(np.mean([run.rms_deg(t + 0.03, t + 0.1) ** 2 for t, _ in kicks]))
     assert rms <= 10.0, f"residual {rms:.1f} deg RMS"
 
@@ -140,7 +141,28 @@ def test_lock_loss_is_declared_then_a_new_sweep_and_the_lock_comes_back():
         cycle(phase)
         errors.append(float(wrap_rad(phase - math.radians(s.setpoint_deg))))
     assert lock.state == "locked" and lock.relocks == 1
-    assert np.median(np.degrees(np.abs(errors[-100:]))) < 5.0
+    # on the setpoint: the mean error is ~0, the rest is the loop's own square-wave dither
+    late = np.degrees(errors[-100:])
+    assert abs(np.mean(late)) < 2.0 and np.median(np.abs(late)) < s.dither_deg + 3.0
+
+
+def test_filter_tells_the_mirror_branch_by_the_response_to_a_known_step():
+    # Held at 90 deg, kicked by pi to -90 deg: the same imbalance, so one burst cannot tell.
+    f = PhaseFilter()
+    f.reset(math.radians(90.0), math.radians(4.0))
+
+    def burst(phase_deg):
+        e = 0.95 * math.cos(math.radians(phase_deg))
+        f.update(round(50 * (1 + e)), round(50 * (1 - e)), 0.95)
+
+    burst(-90.0)
+    phase, mirror = f.estimate()
+    assert abs(math.degrees(phase) - 90.0) < 3.0 and mirror < 0.01
+    # A known step of +20 deg: the held branch would now read 110 deg, the mirror one -70 deg.
+    f.predict(math.radians(20.0), 2e-3, 1e-3, 5e-3, math.radians(15.0))
+    burst(-70.0)
+    phase, mirror = f.estimate()
+    assert abs(math.degrees(phase) + 70.0) < 5.0 and mirror < 0.05
 
 
 def test_bad_settings_are_refused_with_the_reason():
