@@ -205,20 +205,23 @@ def _timestamp(edges, edge_starts, n, dead_time, delay, start_now, t_clock, t_ti
 
 def timestamp(edges: list[np.ndarray], config: TwinConfig) -> "Entries":
     """Edges per channel (bins) -> each channel's entries, in write-clock order."""
-    flat = np.concatenate([np.asarray(e, np.int64) for e in edges]) if edges else np.zeros(0, np.int64)
+    edges = [np.asarray(e, np.int64) for e in edges]
     starts = np.cumsum([0] + [len(e) for e in edges]).astype(np.int64)
     # outputs from numpy, not numba: numpy asks for huge pages on large arrays, which saves
     # the page faults that cost as much as the loop itself
-    total = len(flat)
+    total = int(starts[-1])
     clock = np.empty(total, np.int64)
     time = np.empty(total, np.int64)
     count = np.empty(total, np.int32)
     gap = np.empty(total, np.int32)
     ends = np.empty(len(edges), np.int64)
-    _timestamp(flat, starts, config.oversampling, np.asarray(config.dead_time_bins, np.int64),
-               np.asarray(config.delay_bins, np.int64), config.start_now, clock, time, count, gap,
-               ends)
-    return Entries(clock, time, count, gap, starts[:-1].copy(), ends)
+    dead_time = np.asarray(config.dead_time_bins, np.int64)
+    delay = np.asarray(config.delay_bins, np.int64)
+    for ch, e in enumerate(edges):  # a call per channel: no concatenated copy of the edges
+        _timestamp(e, starts[ch:ch + 2] - starts[ch], config.oversampling, dead_time[ch:ch + 1],
+                   delay[ch:ch + 1], config.start_now, clock[starts[ch]:], time[starts[ch]:],
+                   count[starts[ch]:], gap[starts[ch]:], ends[ch:ch + 1])
+    return Entries(clock, time, count, gap, starts[:-1].copy(), ends + starts[:-1])
 
 
 @dataclass

@@ -157,30 +157,110 @@ class HeraldResult:
     counters: dict = field(default_factory=dict)
 
 
-@numba.njit(cache=True)
-def _schedule(push_clock, start, last_bin, n, d_min, d_max, rule_off, start_now):
-    """Clock each attempt is taken from the queue, whether it was late, its decision clock.
+@numba.njit(cache=True, inline="always")
+def _schedule(push_clock, start, last_bin, free, n, d_min, d_max, start_now):
+    """One attempt (rule on), taken from the queue when it is free: the clock it is taken,
+    whether it was late, its decision clock (-1: none) and the clock the queue is free again.
     Clocks count from reset; the unit's clock counter (``now``) starts at ``start_now``."""
-    a = push_clock.shape[0]
-    take = np.empty(a, np.int64)
-    late = np.zeros(a, np.bool_)
-    decided = np.full(a, -1, np.int64)
+    q = max(push_clock + QUEUE_LATENCY, free)
+    seen_max = (q + start_now - SEEN_LATENCY) * n + n - 1 + d_max
+    if start <= seen_max:
+        return q, True, np.int64(-1), q + 1
+    x = (last_bin - d_min) // n - start_now + SEEN_LATENCY  # every click up to E shown
+    decided = x + 3  # offsets at x + 1, accumulated at x + 2, the decision registered at x + 3
+    return q, False, decided, x + 3  # the deciding clock takes the next attempt
+
+
+@numba.njit(cache=True, inline="always")
+def _at_least(times, p, lo):
+    """np.searchsorted(times, lo, "left") from a guess ``p``: a walk, short when the queries
+    rise with the attempts (exact whatever their order)."""
+    while p < len(times) and times[p] < lo:
+        p += 1
+    while p > 0 and times[p - 1] >= lo:
+        p -= 1
+    return p
+
+
+@numba.njit(cache=True, inline="always")
+def _above(times, p, hi):
+    """np.searchsorted(times, hi, "right") from a guess ``p``."""
+    while p < len(times) and times[p] <= hi:
+        p += 1
+    while p > 0 and times[p - 1] > hi:
+        p -= 1
+    return p
+
+
+@numba.njit(cache=True)
+def _attempts(push, sync_time, offset, length, late_bins, rule, lowest, n, d_min, d_max, start_now,
+              n_clocks, det_t, det_c, veto_t, use_veto, w_attempt, w_decided, w_channel, w_outcome,
+              w_time, counts):
+    """Every attempt in one pass (rule on): its schedule, then for decided ones the clicks in
+    its windows and the outcome. Heralds go to ``w_*`` in attempt order; returns their number.
+    ``counts``: attempts seen, late, vetoed, then successes per outcome 1..4.
+    ``n_clocks`` < 0: everything; else what the RTL has shown before that clock."""
+    two = rule == RULE_TWO
     free = np.int64(0)
-    for i in range(a):
-        q = max(push_clock[i] + QUEUE_LATENCY, free)
-        take[i] = q
-        if rule_off:
-            free = q + 1
+    k = 0
+    seen_n = late_n = veto_n = 0  # in locals: the loop is over every attempt
+    pe_lo = pe_hi = pl_lo = pl_hi = pv_lo = pv_hi = 0
+    last = len(det_c) - 1
+    for i in range(len(push)):
+        start = sync_time[i] + offset
+        early_end = start + length - 1
+        late_start = start + late_bins
+        last_bin = late_start + length - 1 if two else early_end
+        take, late, decided, free = _schedule(push[i], start, last_bin, free, n, d_min, d_max,
+                                              start_now)
+        if n_clocks >= 0:
+            if push[i] + 1 < n_clocks:  # the registered sync tag pulses ``attempt``
+                seen_n += 1
+            late = late and take + 1 < n_clocks  # the ``late`` pulse is registered a clock later
+            if decided + 1 >= n_clocks:  # results show at decided + 1
+                decided = -1
+        else:
+            seen_n += 1
+        if late:
+            late_n += 1
+        if decided < 0:
             continue
-        seen_max = (q + start_now - SEEN_LATENCY) * n + n - 1 + d_max
-        if start[i] <= seen_max:
-            late[i] = True
-            free = q + 1
+        pe_lo = _at_least(det_t, pe_lo, start)
+        pe_hi = _above(det_t, pe_hi, early_end)
+        e_n = pe_hi - pe_lo
+        if use_veto:
+            pv_lo = _at_least(veto_t, pv_lo, start)
+            pv_hi = _above(veto_t, pv_hi, last_bin)
+            if pv_hi - pv_lo > 0:
+                veto_n += 1
+                continue
+        if rule == RULE_SINGLE:
+            if e_n != 1:
+                continue
+            ch = det_c[min(pe_lo, last)]
+            outcome = OUTCOME_PSI_PLUS if ch == lowest else OUTCOME_PSI_MINUS
+            idx = pe_lo
+        elif two:
+            pl_lo = _at_least(det_t, pl_lo, late_start)
+            pl_hi = _above(det_t, pl_hi, last_bin)
+            if e_n != 1 or pl_hi - pl_lo != 1:
+                continue
+            ch = det_c[min(pl_lo, last)]
+            outcome = OUTCOME_TWO_SAME if det_c[min(pe_lo, last)] == ch else OUTCOME_TWO_DIFFERENT
+            idx = pl_lo
+        else:
             continue
-        x = (last_bin[i] - d_min) // n - start_now + SEEN_LATENCY  # every click up to E shown
-        decided[i] = x + 3  # offsets at x + 1, accumulated at x + 2, the decision registered at x + 3
-        free = x + 3  # the deciding clock takes the next attempt
-    return take, late, decided
+        counts[2 + outcome] += 1
+        w_attempt[k] = i
+        w_decided[k] = decided
+        w_channel[k] = ch
+        w_outcome[k] = outcome
+        w_time[k] = det_t[idx]
+        k += 1
+    counts[0] = seen_n
+    counts[1] = late_n
+    counts[2] = veto_n
+    return k
 
 
 def _clicks(entries, channels, mask):
@@ -202,12 +282,6 @@ def _clicks(entries, channels, mask):
     c = np.concatenate(chans)
     order = np.lexsort((c, t))
     return t[order], c[order]
-
-
-def _in(times, lo, hi):
-    """Number of sorted ``times`` in [lo, hi] for each pair, and the index of the first."""
-    first = np.searchsorted(times, lo, "left")
-    return np.searchsorted(times, hi, "right") - first, first
 
 
 def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: int,
@@ -234,66 +308,30 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
         return HeraldResult(clock=none, channel=none.copy(), outcome=none.copy(), attempt=none.copy(),
                             attempt_index=none.copy(), time=none.copy(), done_sample=none.copy(),
                             counters=counters)
-    push = entries.clock[sl].astype(np.int64)
-    start = entries.time[sl].astype(np.int64) + s.offset_bins
-    attempt = np.arange(len(push), dtype=np.int64)
-    two = s.rule == RULE_TWO
-    early_end = start + s.length_bins - 1
-    late_start = start + s.late_bins
-    last_bin = late_start + s.length_bins - 1 if two else early_end
-
-    off = s.rule == RULE_OFF or s.length_bins == 0
-    take, late, decided = _schedule(push, start, last_bin, n, d_min, d_max, off, start_now)
-    if n_clocks is not None:
-        attempt_seen = push + 1 < n_clocks  # the registered sync tag pulses ``attempt``
-        late &= take + 1 < n_clocks  # the ``late`` pulse is registered: a clock after the take
-        decided = np.where(decided + 1 < n_clocks, decided, -1)  # results show at decided + 1
-    else:
-        attempt_seen = np.ones(len(push), bool)
-    ev = decided >= 0
-
+    push = entries.clock[sl]
     det_t, det_c = _clicks(entries, channels, s.detector_mask)
-    # Only decided attempts look at their windows (none with the rule off, the registers at
-    # reset): the searches over every attempt cost as much as the rest of the twin.
-    none = np.zeros(len(push), np.int64)
-    e_n, e_i = _in(det_t, start, early_end) if ev.any() else (none, none)
-    l_n, l_i = _in(det_t, late_start, last_bin) if two and ev.any() else (none, none)
-    if s.veto_mask and ev.any():
-        veto_t, _ = _clicks(entries, channels, s.veto_mask)
-        v_n, _ = _in(veto_t, start, last_bin)
-    else:
-        v_n = none
-    vetoed = ev & (v_n > 0)
-
+    veto_t = _clicks(entries, channels, s.veto_mask)[0] if s.veto_mask else np.zeros(0, np.int64)
     lowest = (s.detector_mask & -s.detector_mask).bit_length() - 1
-    outcome = np.zeros(len(push), np.int64)
-    e_ch = det_c[np.minimum(e_i, max(len(det_c) - 1, 0))] if len(det_c) else np.zeros(len(push), np.int64)
-    l_ch = det_c[np.minimum(l_i, max(len(det_c) - 1, 0))] if len(det_c) else np.zeros(len(push), np.int64)
-    ok = ev & ~vetoed
-    if s.rule == RULE_SINGLE:
-        win = ok & (e_n == 1)
-        outcome[win] = np.where(e_ch[win] == lowest, OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS)
-        ch = e_ch
-        idx = e_i
-    elif two:
-        win = ok & (e_n == 1) & (l_n == 1)
-        outcome[win] = np.where(e_ch[win] == l_ch[win], OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT)
-        ch = l_ch
-        idx = l_i
-    else:
-        win = np.zeros(len(push), bool)
-        ch = idx = np.zeros(len(push), np.int64)
-    w = np.flatnonzero(win)
+    a = len(push)
+    # at most one herald per attempt; numpy's empty arrays cost nothing until written
+    w_attempt, w_decided, w_channel, w_outcome, w_time = (np.empty(a, np.int64) for _ in range(5))
+    counts = np.zeros(7, np.int64)
+    k = _attempts(push, entries.time[sl], s.offset_bins, s.length_bins, s.late_bins, s.rule, lowest,
+                  n, d_min, d_max, start_now, -1 if n_clocks is None else n_clocks, det_t, det_c,
+                  veto_t, bool(s.veto_mask), w_attempt, w_decided, w_channel, w_outcome, w_time,
+                  counts)
+    attempt = w_attempt[:k].copy()
+    decided = w_decided[:k]
     counters = {
-        "herald_attempt_count": int(attempt_seen.sum()),
-        "herald_late_count": int(late.sum()),
-        "herald_veto_count": int(vetoed.sum()),
-        "herald_success_count": [int((outcome == k).sum()) for k in range(1, 5)],
+        "herald_attempt_count": int(counts[0]),
+        "herald_late_count": int(counts[1]),
+        "herald_veto_count": int(counts[2]),
+        "herald_success_count": [int(c) for c in counts[3:7]],
     }
     return HeraldResult(
-        clock=decided[w] + 1, channel=ch[w], outcome=outcome[w],
-        attempt=attempt[w] & ((1 << ATTEMPT_BITS) - 1), attempt_index=attempt[w], time=det_t[idx[w]] if len(w) else np.zeros(0, np.int64),
-        done_sample=decided[w] + 1 - PIN_LATENCY, counters=counters)
+        clock=decided + 1, channel=w_channel[:k].copy(), outcome=w_outcome[:k].copy(),
+        attempt=attempt & ((1 << ATTEMPT_BITS) - 1), attempt_index=attempt,
+        time=w_time[:k].copy(), done_sample=decided + 1 - PIN_LATENCY, counters=counters)
 
 
 def herald_event_fields(res: HeraldResult):
