@@ -283,14 +283,13 @@ def _root_take(w, t, ch, c_n, levels, shift, start_now):
     ``t``, channel ``ch``) that meets an empty merger tree; the packer takes it one clock later.
     At level L it waits for the bound of its sibling subtree (if that holds any channel)."""
     e0 = (t >> shift) + HORIZON_CLOCKS - start_now + 1  # first clock t < (now - H) * N
+    # Level L takes it at max(x_{L-1} + 1, e0 + L - 1) if its sibling subtree holds a channel,
+    # else at x_{L-1} + 1 (x_0 + 1 = w + VISIBLE): with more than one channel every channel has
+    # such a level (the top one, at least), and the waits add up to one max at the root.
     x = w + VISIBLE
-    for lv in range(1, levels + 1):
-        if lv > 1:
-            x += 1
-        sibling = (ch >> (lv - 1)) ^ 1
-        if (sibling << (lv - 1)) < c_n:
-            x = max(x, e0 + lv - 1)
-    return x
+    if c_n > 1:
+        x = max(x, e0)
+    return x + levels - 1
 
 
 @numba.njit(cache=True)

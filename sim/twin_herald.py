@@ -4,9 +4,9 @@
 Coincidences: one pass over the merged (time, channel) order per pattern (numba), with the
 host's definition (qnode.host.measurements.CoincidencePattern).
 
-Heralds: clicks are counted in each attempt's windows with binary searches over all attempts at
-once (numpy); what stays sequential is only when the unit takes each attempt from its queue (it
-evaluates one at a time), a short numba recurrence over attempts that gives each herald's clock.
+Heralds: one numba pass over the attempts: when the unit takes each from its queue (it evaluates
+one at a time), which gives each herald's clock, then the clicks in a decided attempt's windows,
+counted by pointers that walk the sorted clicks as the windows move on with the attempts.
 """
 
 from __future__ import annotations
