@@ -194,12 +194,12 @@ def _above(times, p, hi):
 
 @numba.njit(cache=True)
 def _attempts(push, sync_time, offset, length, late_bins, rule, lowest, n, d_min, d_max, start_now,
-              n_clocks, det_t, det_c, veto_t, use_veto, w_attempt, w_decided, w_channel, w_outcome,
+              limited, n_clocks, det_t, det_c, veto_t, use_veto, w_attempt, w_decided, w_channel, w_outcome,
               w_time, counts):
     """Every attempt in one pass (rule on): its schedule, then for decided ones the clicks in
     its windows and the outcome. Heralds go to ``w_*`` in attempt order; returns their number.
     ``counts``: attempts seen, late, vetoed, then successes per outcome 1..4.
-    ``n_clocks`` < 0: everything; else what the RTL has shown before that clock."""
+    ``limited``: only what the RTL has shown before clock ``n_clocks``."""
     two = rule == RULE_TWO
     free = np.int64(0)
     k = 0
@@ -213,7 +213,7 @@ def _attempts(push, sync_time, offset, length, late_bins, rule, lowest, n, d_min
         last_bin = late_start + length - 1 if two else early_end
         take, late, decided, free = _schedule(push[i], start, last_bin, free, n, d_min, d_max,
                                               start_now)
-        if n_clocks >= 0:
+        if limited:
             if push[i] + 1 < n_clocks:  # the registered sync tag pulses ``attempt``
                 seen_n += 1
             late = late and take + 1 < n_clocks  # the ``late`` pulse is registered a clock later
@@ -317,7 +317,7 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     w_attempt, w_decided, w_channel, w_outcome, w_time = (np.empty(a, np.int64) for _ in range(5))
     counts = np.zeros(7, np.int64)
     k = _attempts(push, entries.time[sl], s.offset_bins, s.length_bins, s.late_bins, s.rule, lowest,
-                  n, d_min, d_max, start_now, -1 if n_clocks is None else n_clocks, det_t, det_c,
+                  n, d_min, d_max, start_now, n_clocks is not None, n_clocks or 0, det_t, det_c,
                   veto_t, bool(s.veto_mask), w_attempt, w_decided, w_channel, w_outcome, w_time,
                   counts)
     attempt = w_attempt[:k].copy()
