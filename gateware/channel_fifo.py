@@ -41,12 +41,16 @@ class ChannelFifo(wiring.Component):
         # ``pending != 0`` and "more than one record's worth" as registers beside ``pending``,
         # computed from its next value: the record mux and the FIFO write start from flip-flops
         # instead of a 32-bit compare on the adder's output.
+        # Both are logic of this clock's case, not compares on the chosen sum: after a full
+        # record the rest is > 0 (pending was > MAX), while records wait the sum only grows,
+        # and an entry dropped at an idle FIFO counts at least one edge.
         pending_next = Signal(PENDING_BITS)
         waiting = Signal()  # pending != 0
         big = Signal()  # pending > LOSS_COUNT_MAX
-        m.d.comb += pending_next.eq(pending)
-        m.d.sync += [pending.eq(pending_next), waiting.eq(pending_next != 0),
-                     big.eq(pending_next[COUNT_BITS:].any())]
+        waiting_next = Signal()
+        big_next = Signal()
+        m.d.comb += [pending_next.eq(pending), waiting_next.eq(waiting), big_next.eq(big)]
+        m.d.sync += [pending.eq(pending_next), waiting.eq(waiting_next), big.eq(big_next)]
         # edges dropped in this clock, for the core's loss counter: registered (the counter
         # shows a drop one clock later; nothing reads it within a clock)
         dropped = Signal(PENDING_BITS)
@@ -64,20 +68,25 @@ class ChannelFifo(wiring.Component):
         arriving_less_max = Signal(PENDING_BITS)
         m.d.comb += arriving_less_max.eq(arriving - LOSS_COUNT_MAX)
 
+        rest = Signal(PENDING_BITS)  # after a full record
+        grown = Signal(PENDING_BITS)  # no room yet: the count grows
+        m.d.comb += [rest.eq(pending + arriving_less_max), grown.eq(pending + arriving)]
         with m.If(waiting):
             with m.If(queue.w_rdy):
                 m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(record)]
-                m.d.comb += pending_next.eq(Mux(big, pending + arriving_less_max, arriving))
+                m.d.comb += [pending_next.eq(Mux(big, rest, arriving)),
+                             waiting_next.eq(big | self.entry.valid),
+                             big_next.eq(big & rest[COUNT_BITS:].any())]
                 with m.If(~big & self.entry.valid):
                     m.d.sync += pending_time.eq(self.entry.payload.time)
             with m.Else():
-                m.d.comb += pending_next.eq(pending + arriving)
+                m.d.comb += [pending_next.eq(grown), big_next.eq(grown[COUNT_BITS:].any())]
             m.d.comb += dropped.eq(arriving)
         with m.Elif(self.entry.valid):
             with m.If(queue.w_rdy):
                 m.d.comb += [queue.w_en.eq(1), queue.w_data.eq(self.entry.payload)]
             with m.Else():
-                m.d.comb += pending_next.eq(arriving)
+                m.d.comb += [pending_next.eq(arriving), waiting_next.eq(1), big_next.eq(0)]
                 m.d.sync += pending_time.eq(self.entry.payload.time)
                 m.d.comb += dropped.eq(arriving)
 

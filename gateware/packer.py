@@ -82,7 +82,14 @@ class Packer(wiring.Component):
         count = Signal(COUNT_BITS)  # a loss record's count; a tag's SAME_CLOCK count
 
         has_second = Signal()  # a tag with SAME_CLOCK losses: registered when the entry is taken
-        time2 = Signal(TIME_BITS)  # time + gap, added when the entry is taken (off the hot path)
+        # time + gap (the SAME_CLOCK record's time): the gap is kept when the entry is taken and
+        # the sum registered a clock later, when the record's second word can first be written,
+        # so no adder sits behind the take's selection of the incoming record
+        gap = Signal(GAP_BITS)
+        time2_sum = Signal(TIME_BITS)
+        time2 = Signal(TIME_BITS)
+        m.d.comb += time2_sum.eq(time + gap)
+        m.d.sync += time2.eq(time2_sum)
         rec_time = Signal(TIME_BITS)
         m.d.comb += rec_time.eq(Mux(second, time2, time))
         rec_epoch = rec_time[WORD_TIME_BITS:]
@@ -124,7 +131,7 @@ class Packer(wiring.Component):
         with m.If(advance):
             m.d.sync += second.eq(~second & has_second)
             with m.If(~second & has_second):
-                m.d.sync += epoch_differs.eq(time2[WORD_TIME_BITS:] != epoch_sent)
+                m.d.sync += epoch_differs.eq(time2_sum[WORD_TIME_BITS:] != epoch_sent)
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
 
@@ -186,7 +193,7 @@ class Packer(wiring.Component):
                 busy.eq(1), second.eq(0), single.eq(1), main_kind.eq(Kind.HERALD),
                 main_aux.eq(Cat(herald.attempt, herald.outcome)),
                 word_channel.eq(herald.channel), channel.eq(herald.channel),
-                time.eq(herald.time), time2.eq(herald.time), count.eq(0), has_second.eq(0),
+                time.eq(herald.time), gap.eq(0), count.eq(0), has_second.eq(0),
                 epoch_differs.eq(herald.time[WORD_TIME_BITS:] != epoch_sent),
             ]
         with m.Elif(flush):
@@ -194,7 +201,7 @@ class Packer(wiring.Component):
                 busy.eq(1), second.eq(0), single.eq(0), main_kind.eq(Kind.LOSS),
                 main_aux.eq(Cat(chunk[:COUNT_BITS], Const(LossReason.OUTPUT, 4))),
                 word_channel.eq(flush_channel), channel.eq(flush_channel),
-                time.eq(flush_time), time2.eq(flush_time),
+                time.eq(flush_time), gap.eq(0),
                 count.eq(chunk), count_less.eq(chunk - LOSS_COUNT_MAX),
                 has_second.eq(0),
                 epoch_differs.eq(flush_epoch_differs),
@@ -211,7 +218,7 @@ class Packer(wiring.Component):
                                 Mux(entry.loss, Cat(entry.count, Const(LossReason.CHANNEL_FIFO, 4)),
                                     0))),
                 word_channel.eq(rec.channel), channel.eq(rec.source), time.eq(entry.time),
-                time2.eq(entry.time + entry.gap), count.eq(entry.count),
+                gap.eq(entry.gap), count.eq(entry.count),
                 count_less.eq(entry.count - LOSS_COUNT_MAX),
                 has_second.eq(~entry.loss & ~rec.coincidence & (entry.count != 0)),
                 epoch_differs.eq(entry.time[WORD_TIME_BITS:] != epoch_sent),
