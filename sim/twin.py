@@ -274,6 +274,13 @@ def _next_entry(next_clock, skip, skip_clock):
     return best
 
 
+@numba.njit(cache=True, inline="always")
+def _ring(i, cap):
+    """``i % cap`` for a ring index 0 <= i < 2 * cap (head < cap plus a fill <= cap), without
+    the division that the clock-by-clock path would pay several times a clock."""
+    return i - cap if i >= cap else i
+
+
 BURST_MAX = 16
 
 
@@ -656,12 +663,12 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         if rd:
             out_words[n_out] = q_word
             n_out += 1
-        w_idx = (q_head + q_n) % q_cap
+        w_idx = _ring(q_head + q_n, q_cap)
         if not direct:
             do_w = w_en and room
         if q_n > 0 and ((not q_valid) or rd):
             q_word = q_buf[q_head]
-            q_head = (q_head + 1) % q_cap
+            q_head = _ring(q_head + 1, q_cap)
             q_n -= 1
             q_valid = True
         elif rd:
@@ -744,13 +751,13 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         # ---- the herald queue: this clock's record written, the head refilled
         h_arr = h_ptr < n_h and h_clock[h_ptr] == c
         hq_w_rdy = hq_n != hq_cap
-        hq_w = (hq_h + hq_n) % hq_cap
+        hq_w = _ring(hq_h + hq_n, hq_cap)
         if hq_n > 0 and ((not hq_valid) or take_herald):
             hq_head_ch = hq_ch[hq_h]
             hq_head_aux = hq_aux[hq_h]
             hq_head_time = hq_time[hq_h]
             hq_valid = True
-            hq_h = (hq_h + 1) % hq_cap
+            hq_h = _ring(hq_h + 1, hq_cap)
             hq_n -= 1
         elif take_herald:
             hq_valid = False
@@ -875,7 +882,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                     pend[ch] = arriving
                     pend_time[ch] = arr_time[ch]
                     counters[2, ch] += arriving
-            w_idx = (inner_head[ch] + inner_n[ch]) % cap
+            w_idx = _ring(inner_head[ch] + inner_n[ch], cap)
             if inner_n[ch] > 0 and ((not head_valid[ch]) or r_en):
                 h = inner_head[ch]
                 head_time[ch] = inner_time[ch, h]
@@ -883,7 +890,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 head_count[ch] = inner_count[ch, h]
                 head_gap[ch] = inner_gap[ch, h]
                 head_valid[ch] = True
-                inner_head[ch] = (h + 1) % cap
+                inner_head[ch] = _ring(h + 1, cap)
                 inner_n[ch] -= 1
             elif r_en:
                 head_valid[ch] = False
