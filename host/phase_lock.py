@@ -84,6 +84,9 @@ class PhaseLockSettings:
     pi_kick_hazard: float = 5e-3  # per cycle
     pi_kick_sd_deg: float = 15.0
     acquired_sd_deg: float = 20.0  # phase uncertainty right after the sweep
+    # the loop leaves the mode it holds for its mirror only when the mirror has this many times
+    # its mass (in between, the sensing step settles it): one burst's 3-sigma noise is no flip
+    switch_odds: float = 3.0
     # Active sensing: only the response to a known step tells the branch at the mirror point.
     # A square-wave dither of +-dither_deg gives one every cycle; it grows to
     # sensing_deg x sqrt(posterior mass on the mirror branch), at most probe_deg.
@@ -149,7 +152,10 @@ class PhaseLock:
         candidate = PhaseLockSettings(**{**asdict(self.settings), **changes})
         candidate.validate()
         if candidate.grid_points != self.settings.grid_points:
-            self.filter = PhaseFilter(candidate.grid_points)  # starts over: uniform
+            # a new grid starts from the current estimate (or uniform before there is one)
+            self.filter = PhaseFilter(candidate.grid_points)
+            if self.phase_rad is not None:
+                self.filter.reset(self.phase_rad, math.radians(candidate.acquired_sd_deg))
         self.settings = candidate
 
     def status(self) -> dict:
@@ -244,7 +250,7 @@ class PhaseLock:
         setpoint = math.radians(s.setpoint_deg)
         self._predict(burst_v)
         self.filter.update(n_plus, n_minus, s.visibility)
-        phase, mirror = self.filter.estimate()
+        phase, mirror = self.filter.estimate(self._expected, s.switch_odds)
         self.mirror_probability = mirror
         # the posterior's dominant mode moved by more than a quarter fringe from where the loop
         # held it: a sign flip (or a kick the imbalance showed)
@@ -425,10 +431,12 @@ class PhaseFilter:
         p = self.p * np.exp(log_l - log_l.max())
         self.p = p / p.sum()
 
-    def estimate(self, half_width_rad: float = math.pi / 3) -> tuple[float, float]:
-        """(circular mean of the dominant mode, posterior mass on its mirror branch / both).
-        The mirror of a phase phi is -phi: the same imbalance. The modes are the peak's and
-        its mirror's (+-60 deg); the one with more mass is the estimate."""
+    def estimate(self, held_rad: float | None = None, switch_odds: float = 1.0,
+                 half_width_rad: float = math.pi / 3) -> tuple[float, float]:
+        """(circular mean of the mode the loop follows, posterior mass on its mirror branch /
+        both). The mirror of a phase phi is -phi: the same imbalance. The modes are the peak's
+        and its mirror's (+-60 deg); of the two the loop keeps the one nearer ``held_rad`` (where
+        it holds the phase) unless the other has ``switch_odds`` times its mass."""
         n, p = self.points, self.p
         offsets = np.arange(-int(half_width_rad * n / TWO_PI), int(half_width_rad * n / TWO_PI) + 1)
         peak = int(np.argmax(p))
@@ -440,9 +448,17 @@ class PhaseFilter:
         if min((peak - centre) % n, (centre - peak) % n) < len(offsets):  # near 0 or pi: they overlap
             mirror = mirror[~np.isin(mirror, own)]
         m_own, m_mirror = float(p[own].sum()), float(p[mirror].sum())
-        if m_mirror > m_own and len(mirror):
-            mean, m_own, m_mirror = self._mean(mirror), m_mirror, m_own
-        return mean, m_mirror / max(m_own + m_mirror, 1e-300)
+        total = max(m_own + m_mirror, 1e-300)
+        if not len(mirror):
+            return mean, 0.0
+        mirror_mean = self._mean(mirror)
+        if held_rad is None or abs(float(wrap_rad(mean - held_rad))) <= abs(float(wrap_rad(mirror_mean - held_rad))):
+            odds = 1.0 / switch_odds  # the peak's mode is the held one: it stays unless far outweighed
+        else:
+            odds = switch_odds  # the peak's mode must make its case against the held one
+        if m_mirror * odds > m_own:
+            return mirror_mean, m_own / total
+        return mean, m_mirror / total
 
     def _mean(self, index: np.ndarray) -> float:
         w = self.p[index]
