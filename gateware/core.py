@@ -94,8 +94,8 @@ class TimeTaggerCore(wiring.Component):
             wiring.connect(m, coinc.marked, packer.marked)
             for reg, port in COINC_SETTINGS:
                 for p in range(coinc.patterns):
-                    m.d.comb += getattr(coinc, port)[p].eq(regs.rw[reg][p])
-            m.d.comb += coinc.emit.eq(regs.rw["coinc_emit"][0])
+                    m.d.comb += getattr(coinc, port)[p].eq(self._local(m, regs.rw[reg][p]))
+            m.d.comb += coinc.emit.eq(self._local(m, regs.rw["coinc_emit"][0]))
             # counted a clock late: the pulse leaves the unit's take/ready logic through a
             # register, not into the counters' adders
             counted = Signal(coinc.patterns)
@@ -116,7 +116,7 @@ class TimeTaggerCore(wiring.Component):
             m.submodules.herald = herald = HeraldUnit(c, n)
             m.d.comb += herald.now.eq(now)
             for name in HERALD_SETTINGS:
-                m.d.comb += getattr(herald, name).eq(regs.rw[f"herald_{name}"][0])
+                m.d.comb += getattr(herald, name).eq(self._local(m, regs.rw[f"herald_{name}"][0]))
             m.d.comb += [packer.herald.valid.eq(herald.record.valid),
                          packer.herald.payload.eq(herald.record.payload),
                          self.herald_pin.eq(herald.pin)]
@@ -144,10 +144,10 @@ class TimeTaggerCore(wiring.Component):
             m.d.comb += [
                 ts.samples.eq(capture.samples[i]),
                 ts.sample_now.eq(capture.sample_now),
-                ts.enable.eq(regs.rw["ts_enable"][i]),
-                ts.edge.eq(regs.rw["ts_edge"][i]),
-                ts.delay_bins.eq(regs.rw["ts_delay_bins"][i]),
-                ts.dead_time_bins.eq(regs.rw["ts_dead_time_bins"][i]),
+                ts.enable.eq(self._local(m, regs.rw["ts_enable"][i])),
+                ts.edge.eq(self._local(m, regs.rw["ts_edge"][i])),
+                ts.delay_bins.eq(self._local(m, regs.rw["ts_delay_bins"][i])),
+                ts.dead_time_bins.eq(self._local(m, regs.rw["ts_dead_time_bins"][i])),
             ]
             wiring.connect(m, ts.entry, fifo.entry)
             wiring.connect(m, fifo.head, merger.heads[i])
@@ -155,7 +155,7 @@ class TimeTaggerCore(wiring.Component):
                 m.d.comb += [herald.tags[i].valid.eq(ts.entry.valid),
                              herald.tags[i].payload.eq(ts.entry.payload),
                              herald.lost_times[i].eq(ts.lost_time),
-                             herald.delays[i].eq(regs.rw["ts_delay_bins"][i])]
+                             herald.delays[i].eq(self._local(m, regs.rw["ts_delay_bins"][i]))]
 
             increments = {
                 "ts_tag_count": ts.tagged,
@@ -170,6 +170,15 @@ class TimeTaggerCore(wiring.Component):
                 with m.Else():
                     m.d.sync += counter.eq(counter + inc)
         return m
+
+    @staticmethod
+    def _local(m, setting):
+        """A registered copy of a register-file setting for one unit: the copy can sit next to
+        the logic it feeds instead of every unit reaching back to the register file (settings
+        are static while events flow; a write takes effect a clock later)."""
+        copy = Signal.like(setting, name=f"local_{setting.name}")
+        m.d.sync += copy.eq(setting)
+        return copy
 
     @staticmethod
     def _count(m, clear, pairs):
