@@ -30,6 +30,8 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from qnode.firmware.events import TIME_BITS as WORD_TIME_BITS
+
 from .merger import Merged
 from .params import TIME_BITS
 from .timestamper import Entry
@@ -56,6 +58,9 @@ class CoincidenceUnit(wiring.Component):
             "min_folds": In(FOLD_BITS).array(patterns),
             "emit": In(patterns),
             "counted": Out(patterns),  # pulses: pattern p counted a window this clock
+            # the packer's last epoch in, and whether ``marked`` shows a record in another
+            "epoch": In(TIME_BITS - WORD_TIME_BITS),
+            "epoch_differs": Out(1),
         })
 
     def elaborate(self, platform):
@@ -78,11 +83,12 @@ class CoincidenceUnit(wiring.Component):
         m.d.comb += owed_lowest.eq(Cat(owed[p] & ~owed[:p].any() if p else owed[0]
                                        for p in range(p_n)))
         record = Signal(Marked)
-        index_or = time_or = seen_or = 0
+        index_or = time_or = seen_or = differs_or = 0
         for p in range(p_n):
             index_or = index_or | Mux(owed_lowest[p], p, 0)
             time_or = time_or | (opened[p] & owed_lowest[p].replicate(TIME_BITS))
             seen_or = seen_or | (seen[p] & owed_lowest[p].replicate(MASK_BITS))
+            differs_or = differs_or | (owed_lowest[p] & (opened[p][WORD_TIME_BITS:] != self.epoch))
         m.d.comb += [record.entry.time.eq(time_or), record.entry.count.eq(seen_or),
                      record.channel.eq(index_or), record.coincidence.eq(1),
                      record.source.eq(held.channel)]
@@ -95,6 +101,8 @@ class CoincidenceUnit(wiring.Component):
         m.d.comb += [
             self.marked.valid.eq(busy),
             self.marked.payload.eq(Mux(entry_sent, record, out)),
+            self.epoch_differs.eq(Mux(entry_sent, differs_or,
+                                      held.entry.time[WORD_TIME_BITS:] != self.epoch)),
         ]
         moved = busy & self.marked.ready
         left_after = Mux(entry_sent, owed & ~owed_lowest, owed)

@@ -92,6 +92,7 @@ class TimeTaggerCore(wiring.Component):
             m.submodules.coincidence = coinc = CoincidenceUnit()
             wiring.connect(m, merger.merged, coinc.merged)
             wiring.connect(m, coinc.marked, packer.marked)
+            m.d.comb += [coinc.epoch.eq(packer.epoch), packer.marked_epoch_differs.eq(coinc.epoch_differs)]
             for reg, port in COINC_SETTINGS:
                 for p in range(coinc.patterns):
                     m.d.comb += getattr(coinc, port)[p].eq(self._local(m, regs.rw[reg][p]))
@@ -109,7 +110,9 @@ class TimeTaggerCore(wiring.Component):
                          marked.source.eq(merger.merged.payload.channel),
                          packer.marked.valid.eq(merger.merged.valid),
                          packer.marked.payload.eq(marked),
-                         merger.merged.ready.eq(packer.marked.ready)]
+                         merger.merged.ready.eq(packer.marked.ready),
+                         packer.marked_epoch_differs.eq(
+                             marked.entry.time[-len(packer.epoch):] != packer.epoch)]
         wiring.connect(m, wiring.flipped(self.words), packer.words)
 
         if self.herald:
