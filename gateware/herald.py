@@ -195,7 +195,7 @@ class HeraldUnit(wiring.Component):
         # Click accumulators: number of clicks (0, 1, 2 = two or more), first click's channel/time.
         early_n, late_n = Signal(2), Signal(2)
         early_ch, late_ch = Signal(6), Signal(6)
-        early_t, late_t = Signal(TIME_BITS), Signal(TIME_BITS)
+        early_off, late_off_first = Signal(OFFSET_SPAN_BITS), Signal(OFFSET_SPAN_BITS)  # from S
         veto = Signal()
 
         # Each click's place relative to S, once per channel: d = t - S (and for a lost edge
@@ -205,7 +205,7 @@ class HeraldUnit(wiring.Component):
         # P the offsets, W the window compares (per channel and click, the masks applied),
         # then the counts and the first click of each window, accumulated. ``placed`` says
         # P and W were both taken against the window that is current.
-        hits_e, hits_l, hits_v, times = [], [], [], []
+        hits_e, hits_l, hits_v, offsets = [], [], [], []
         for i in range(c):
             tag = self.tags[i]
             d = Signal(TIME_BITS + 1, name=f"d_{i}")
@@ -215,11 +215,10 @@ class HeraldUnit(wiring.Component):
             near, near2 = Signal(name=f"near_{i}"), Signal(name=f"near_lost_{i}")
             off, off2 = (Signal(OFFSET_SPAN_BITS, name=f"off_{i}"),
                          Signal(OFFSET_SPAN_BITS, name=f"off_lost_{i}"))
-            p_t, p_t2 = Signal(TIME_BITS, name=f"p_time_{i}"), Signal(TIME_BITS, name=f"p_time_lost_{i}")
             m.d.sync += [
                 near.eq(seen & (d[OFFSET_SPAN_BITS:] == 0)), off.eq(d[:OFFSET_SPAN_BITS]),
                 near2.eq(seen & (tag.payload.count != 0) & (d2[OFFSET_SPAN_BITS:] == 0)),
-                off2.eq(d2[:OFFSET_SPAN_BITS]), p_t.eq(tag.payload.time), p_t2.eq(self.lost_times[i]),
+                off2.eq(d2[:OFFSET_SPAN_BITS]),
             ]
             # stage W: in order tag, lost edge (the lowest channel's tag is the first click)
             for hits, mask, inside in (
@@ -230,16 +229,17 @@ class HeraldUnit(wiring.Component):
                     h = Signal(name=f"hit_{len(hits)}_{k}_{i}")
                     m.d.sync += h.eq(mask[i] & nr & inside(o))
                     hits.append(h)
-            for t in (p_t, p_t2):
-                w_t = Signal(TIME_BITS, name=f"w_{t.name}")
-                m.d.sync += w_t.eq(t)
-                times.append(w_t)
+            # the clicks' offsets go on (a time is S + offset: the record adds it once)
+            for o in (off, off2):
+                w_o = Signal(OFFSET_SPAN_BITS, name=f"w_{o.name}")
+                m.d.sync += w_o.eq(o)
+                offsets.append(w_o)
         placed_p = Signal()
         placed = Signal()
 
         def window_clicks(hits):
-            """Stage W's hits of one window -> (count saturated at 2, channel and time of the
-            first click): an OR tree and a one-hot select, no adder or priority chain."""
+            """Stage W's hits of one window -> (count saturated at 2, channel and offset from S
+            of the first click): an OR tree and a one-hot select, no adder or priority chain."""
             v = Cat(hits)
             first = Signal(len(v))
             m.d.comb += first.eq(Cat(v[j] & ~v[:j].any() if j else v[0] for j in range(len(v))))
@@ -249,8 +249,8 @@ class HeraldUnit(wiring.Component):
             ch_or, tm_or = 0, 0
             for j in range(len(v)):
                 ch_or = ch_or | Mux(first[j], j // 2, 0)
-                tm_or = tm_or | (times[j] & first[j].replicate(TIME_BITS))
-            tm = Signal(TIME_BITS)
+                tm_or = tm_or | (offsets[j] & first[j].replicate(OFFSET_SPAN_BITS))
+            tm = Signal(OFFSET_SPAN_BITS)
             m.d.comb += [ch.eq(ch_or), tm.eq(tm_or)]
             return count, ch, tm
 
@@ -288,9 +288,9 @@ class HeraldUnit(wiring.Component):
             m.d.sync += [active.eq(0), deciding.eq(0)]
         with m.Elif(active):
             with m.If(placed):
-                accumulate(early_n, early_ch, early_t, e_cnt, e_ch, e_t)
+                accumulate(early_n, early_ch, early_off, e_cnt, e_ch, e_t)
                 with m.If(two):
-                    accumulate(late_n, late_ch, late_t, l_cnt, l_ch, l_t)
+                    accumulate(late_n, late_ch, late_off_first, l_cnt, l_ch, l_t)
                 with m.If(v_cnt != 0):
                     m.d.sync += veto.eq(1)
             # every click up to E was shown by the previous clock and is accumulated now: done
@@ -313,7 +313,7 @@ class HeraldUnit(wiring.Component):
             self.record.payload.outcome.eq(outcome),
             self.record.payload.attempt.eq(attempt_no),
             self.record.payload.channel.eq(Mux(two, late_ch, early_ch)),
-            self.record.payload.time.eq(Mux(two, late_t, early_t)),
+            self.record.payload.time.eq(start + Mux(two, late_off_first, early_off)),
             self.vetoed.eq(deciding & veto),
             self.success.eq(Cat((outcome == k + 1) for k in range(OUTCOMES))),
         ]
