@@ -92,7 +92,8 @@ class TimeTaggerCore(wiring.Component):
             m.submodules.coincidence = coinc = CoincidenceUnit()
             wiring.connect(m, merger.merged, coinc.merged)
             wiring.connect(m, coinc.marked, packer.marked)
-            m.d.comb += [coinc.epoch.eq(packer.epoch), packer.marked_epoch_differs.eq(coinc.epoch_differs)]
+            m.d.comb += [coinc.epoch.eq(packer.epoch),
+                         packer.marked_epoch_differs.eq(coinc.epoch_differs)]
             for reg, port in COINC_SETTINGS:
                 for p in range(coinc.patterns):
                     m.d.comb += getattr(coinc, port)[p].eq(self._local(m, regs.rw[reg][p]))

@@ -61,7 +61,8 @@ OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1
 OUTCOMES = 4
 ATTEMPT_QUEUE = 64  # windows in flight: >= the 49 of the reference lab
 SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
-PIN_LATENCY = SEEN_LATENCY + 4  # k + 3 all clicks shown, k + 4 offsets, k + 5 compared and accumulated, k + 6 decision, k + 7 pin
+# k + 3 all clicks shown, k + 4 offsets, k + 5 compared and accumulated, k + 6 decision, k + 7 pin
+PIN_LATENCY = SEEN_LATENCY + 4
 OFFSET_BITS = 32
 LENGTH_BITS = 16
 PIN_CLOCKS_BITS = 16
