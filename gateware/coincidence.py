@@ -32,6 +32,7 @@ from amaranth.lib.wiring import In, Out
 
 from qnode.firmware.events import TIME_BITS as WORD_TIME_BITS
 
+from . import onehot
 from .merger import Merged
 from .params import TIME_BITS
 from .timestamper import Entry
@@ -80,17 +81,13 @@ class CoincidenceUnit(wiring.Component):
         # the lowest pattern still owed, one-hot as a LUT priority, and its record selected by
         # it (AND-OR): this feeds the packer's registers, so no carry or mux chain on it
         owed_lowest = Signal(p_n)
-        m.d.comb += owed_lowest.eq(Cat(owed[p] & ~owed[:p].any() if p else owed[0]
-                                       for p in range(p_n)))
+        m.d.comb += owed_lowest.eq(onehot.lowest(owed))
         record = Signal(Marked)
-        index_or = time_or = seen_or = differs_or = 0
-        for p in range(p_n):
-            index_or = index_or | Mux(owed_lowest[p], p, 0)
-            time_or = time_or | (opened[p] & owed_lowest[p].replicate(TIME_BITS))
-            seen_or = seen_or | (seen[p] & owed_lowest[p].replicate(MASK_BITS))
-            differs_or = differs_or | (owed_lowest[p] & (opened[p][WORD_TIME_BITS:] != self.epoch))
-        m.d.comb += [record.entry.time.eq(time_or), record.entry.count.eq(seen_or),
-                     record.channel.eq(index_or), record.coincidence.eq(1),
+        differs = onehot.select(owed_lowest, [opened[p][WORD_TIME_BITS:] != self.epoch
+                                              for p in range(p_n)])
+        m.d.comb += [record.entry.time.eq(onehot.select(owed_lowest, opened)),
+                     record.entry.count.eq(onehot.select(owed_lowest, seen)),
+                     record.channel.eq(onehot.index(owed_lowest)), record.coincidence.eq(1),
                      record.source.eq(held.channel)]
 
         out = Signal(Marked)
@@ -101,7 +98,7 @@ class CoincidenceUnit(wiring.Component):
         m.d.comb += [
             self.marked.valid.eq(busy),
             self.marked.payload.eq(Mux(entry_sent, record, out)),
-            self.epoch_differs.eq(Mux(entry_sent, differs_or,
+            self.epoch_differs.eq(Mux(entry_sent, differs,
                                       held.entry.time[WORD_TIME_BITS:] != self.epoch)),
         ]
         moved = busy & self.marked.ready

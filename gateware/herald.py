@@ -53,6 +53,7 @@ from amaranth.lib.wiring import In, Out
 from qnode.firmware.events import HERALD_ATTEMPT_BITS
 from qnode.firmware.registers import DELAY_BITS
 
+from . import onehot
 from .params import TIME_BITS, WRITE_LATENCY
 from .timestamper import Entry
 
@@ -243,16 +244,13 @@ class HeraldUnit(wiring.Component):
             of the first click): an OR tree and a one-hot select, no adder or priority chain."""
             v = Cat(hits)
             first = Signal(len(v))
-            m.d.comb += first.eq(Cat(v[j] & ~v[:j].any() if j else v[0] for j in range(len(v))))
+            m.d.comb += first.eq(onehot.lowest(v))
             count = Signal(2)
             m.d.comb += count.eq(Mux(v.any(), Mux((v & ~first).any(), 2, 1), 0))
             ch = Signal(6)
-            ch_or, tm_or = 0, 0
-            for j in range(len(v)):
-                ch_or = ch_or | Mux(first[j], j // 2, 0)
-                tm_or = tm_or | (offsets[j] & first[j].replicate(OFFSET_SPAN_BITS))
             tm = Signal(OFFSET_SPAN_BITS)
-            m.d.comb += [ch.eq(ch_or), tm.eq(tm_or)]
+            m.d.comb += [ch.eq(onehot.index(first) >> 1),  # two clicks per channel
+                         tm.eq(onehot.select(first, offsets))]
             return count, ch, tm
 
         e_cnt, e_ch, e_t = window_clicks(hits_e)

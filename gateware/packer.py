@@ -31,6 +31,7 @@ from qnode.firmware.events import (
     AUX_BITS, LOSS_COUNT_MAX, TIME_BITS as WORD_TIME_BITS, Kind, LossReason, header_word,
 )
 
+from . import onehot
 from .channel_fifo import PENDING_BITS
 from .coincidence import Marked
 from .herald import HeraldRecord
@@ -154,20 +155,17 @@ class Packer(wiring.Component):
         # and everything a flush takes selected by it (AND-OR): its channel, count, time, and
         # whether its time is in another epoch, each channel's compare made in parallel
         lowest = Signal(self.channels)
-        m.d.comb += lowest.eq(Cat(nonzero[i] & ~nonzero[:i].any() if i else nonzero[0]
-                                  for i in range(self.channels)))
+        m.d.comb += lowest.eq(onehot.lowest(nonzero))
         flush_channel = Signal(range(max(self.channels, 2)))
         chunk = Signal(PENDING_BITS)
         flush_time = Signal(TIME_BITS)
         flush_epoch_differs = Signal()
-        channel_or = chunk_or = time_or = differs_or = 0
-        for i in range(self.channels):
-            channel_or = channel_or | Mux(lowest[i], i, 0)
-            chunk_or = chunk_or | (chunks[i] & lowest[i].replicate(COUNT_BITS))
-            time_or = time_or | (pending_time[i] & lowest[i].replicate(TIME_BITS))
-            differs_or = differs_or | (lowest[i] & (pending_time[i][WORD_TIME_BITS:] != epoch_sent))
-        m.d.comb += [flush_channel.eq(channel_or), chunk.eq(chunk_or), flush_time.eq(time_or),
-                     flush_epoch_differs.eq(differs_or)]
+        m.d.comb += [
+            flush_channel.eq(onehot.index(lowest)), chunk.eq(onehot.select(lowest, chunks)),
+            flush_time.eq(onehot.select(lowest, pending_time)),
+            flush_epoch_differs.eq(onehot.select(lowest, [t[WORD_TIME_BITS:] != epoch_sent
+                                                          for t in pending_time])),
+        ]
 
         # out.level <= q - 4, kept as a register: the output FIFO's level counted alongside it
         level = Signal(range(q + 1))

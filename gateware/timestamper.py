@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 
 from qnode.firmware.registers import DEAD_TIME_BITS, DELAY_BITS, REGISTER_MAP
 
+from . import onehot
 from .capture import coarse_bits
 from .params import COUNT_BITS, ENTRY_FIELDS, GAP_BITS, TIME_BITS
 
@@ -73,8 +74,7 @@ class Timestamper(wiring.Component):
 
         # one-hot: the earliest allowed edge, as a LUT priority (no carry chain on the loop)
         first = Signal(n)
-        m.d.comb += first.eq(Cat(allowed[b] & ~allowed[:b].any() if b else allowed[0]
-                                 for b in range(n)))
+        m.d.comb += first.eq(onehot.lowest(allowed))
         fine = Signal(range(n))
         for b in range(n):
             with m.If(first[b]):
