@@ -30,8 +30,6 @@ from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from qnode.firmware.events import TIME_BITS as WORD_TIME_BITS
-
 from . import onehot
 from .merger import Merged
 from .params import TIME_BITS
@@ -59,9 +57,6 @@ class CoincidenceUnit(wiring.Component):
             "min_folds": In(FOLD_BITS).array(patterns),
             "emit": In(patterns),
             "counted": Out(patterns),  # pulses: pattern p counted a window this clock
-            # the packer's last epoch in, and whether ``marked`` shows a record in another
-            "epoch": In(TIME_BITS - WORD_TIME_BITS),
-            "epoch_differs": Out(1),
         })
 
     def elaborate(self, platform):
@@ -79,12 +74,10 @@ class CoincidenceUnit(wiring.Component):
         is_open = [Signal(name=f"open_{p}") for p in range(p_n)]
 
         # the lowest pattern still owed, one-hot as a LUT priority, and its record selected by
-        # it (AND-OR): this feeds the packer's registers, so no carry or mux chain on it
+        # it (AND-OR): no carry or mux chain on it
         owed_lowest = Signal(p_n)
         m.d.comb += owed_lowest.eq(onehot.lowest(owed))
         record = Signal(Marked)
-        differs = onehot.select(owed_lowest, [opened[p][WORD_TIME_BITS:] != self.epoch
-                                              for p in range(p_n)])
         m.d.comb += [record.entry.time.eq(onehot.select(owed_lowest, opened)),
                      record.entry.count.eq(onehot.select(owed_lowest, seen)),
                      record.channel.eq(onehot.index(owed_lowest)), record.coincidence.eq(1),
@@ -98,8 +91,6 @@ class CoincidenceUnit(wiring.Component):
         m.d.comb += [
             self.marked.valid.eq(busy),
             self.marked.payload.eq(Mux(entry_sent, record, out)),
-            self.epoch_differs.eq(Mux(entry_sent, differs,
-                                      held.entry.time[WORD_TIME_BITS:] != self.epoch)),
         ]
         moved = busy & self.marked.ready
         left_after = Mux(entry_sent, owed & ~owed_lowest, owed)

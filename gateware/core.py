@@ -23,6 +23,7 @@ from .merger import Merger
 from .packer import Packer
 from .params import check_geometry
 from .regfile import RegisterFile
+from .skid import SkidBuffer
 from .timestamper import Timestamper
 
 COUNTERS = ("ts_tag_count", "ts_same_clock_lost", "ts_fifo_lost", "ts_output_lost")
@@ -37,8 +38,9 @@ class TimeTaggerCore(wiring.Component):
                  fifo_depth: int = 16, output_depth: int = 16, start_now: int = 0,
                  coincidence: bool = True, herald: bool = True):
         """``start_now``: the clock counter's value at reset (tests start near an epoch edge).
-        ``coincidence``/``herald``: build the coincidence unit (one more clock between merger and
-        packer) and the herald unit; without them their registers read 0."""
+        ``coincidence``/``herald``: build the coincidence unit (two more clocks between merger
+        and packer: the unit and its skid buffer) and the herald unit; without them their
+        registers read 0."""
         check_geometry(channels, oversampling, fifo_depth, output_depth)
         if 10**12 % (sys_clk_hz * oversampling):
             raise ValueError("sys_clk_hz * oversampling must give a whole number of ps per bin")
@@ -90,10 +92,12 @@ class TimeTaggerCore(wiring.Component):
         m.submodules.packer = packer = Packer(c, self.bin_ps, self.output_depth)
         if self.coincidence:
             m.submodules.coincidence = coinc = CoincidenceUnit()
+            # a register slice between the unit and the packer: the unit's record select and
+            # the packer's take each end at its registers instead of running into each other
+            m.submodules.coincidence_skid = skid = SkidBuffer(Marked)
             wiring.connect(m, merger.merged, coinc.merged)
-            wiring.connect(m, coinc.marked, packer.marked)
-            m.d.comb += [coinc.epoch.eq(packer.epoch),
-                         packer.marked_epoch_differs.eq(coinc.epoch_differs)]
+            wiring.connect(m, coinc.marked, skid.input)
+            wiring.connect(m, skid.output, packer.marked)
             for reg, port in COINC_SETTINGS:
                 for p in range(coinc.patterns):
                     m.d.comb += getattr(coinc, port)[p].eq(self._local(m, regs.rw[reg][p]))
@@ -111,9 +115,7 @@ class TimeTaggerCore(wiring.Component):
                          marked.source.eq(merger.merged.payload.channel),
                          packer.marked.valid.eq(merger.merged.valid),
                          packer.marked.payload.eq(marked),
-                         merger.merged.ready.eq(packer.marked.ready),
-                         packer.marked_epoch_differs.eq(
-                             marked.entry.time[-len(packer.epoch):] != packer.epoch)]
+                         merger.merged.ready.eq(packer.marked.ready)]
         wiring.connect(m, wiring.flipped(self.words), packer.words)
 
         if self.herald:

@@ -56,11 +56,6 @@ class Packer(wiring.Component):
             "herald_overflow": Out(1),  # a herald found its queue full (cannot happen, above)
             "dropped": Out(PENDING_BITS),  # events dropped at the output in this clock ...
             "dropped_channel": Out(6),  # ... and their channel (for the loss counters)
-            # the epoch last sent, and from the marked stream's source whether the record it
-            # shows is in another one (compared there on each candidate before its select, so
-            # no compare sits behind the coincidence unit's record mux)
-            "epoch": Out(TIME_BITS - WORD_TIME_BITS),
-            "marked_epoch_differs": In(1),
         })
 
     def elaborate(self, platform):
@@ -75,7 +70,6 @@ class Packer(wiring.Component):
 
         header_sent = Signal()
         epoch_sent = Signal(TIME_BITS - WORD_TIME_BITS)
-        m.d.comb += self.epoch.eq(epoch_sent)
 
         # The record in hand, and which of its words is next.
         busy = Signal()
@@ -225,7 +219,9 @@ class Packer(wiring.Component):
                 gap.eq(entry.gap), count.eq(entry.count),
                 count_less.eq(entry.count - LOSS_COUNT_MAX),
                 has_second.eq(~entry.loss & ~rec.coincidence & (entry.count != 0)),
-                epoch_differs.eq(self.marked_epoch_differs),
+                # marked's payload comes from registers (the merger's root or the skid
+                # buffer behind the coincidence unit), so the compare starts from flip-flops
+                epoch_differs.eq(entry.time[WORD_TIME_BITS:] != epoch_sent),
             ]
 
         for i in range(self.channels):

@@ -341,7 +341,8 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
     bound: every entry could reach the packer by ``base`` on its own, then each takes at most
     4 packer clocks plus the tree's latency). Taken only if the next entry arrives after ``bound``
     and no herald comes before it (``h_next``). ``stage``: 1 with the coincidence unit (one more
-    clock; the caller makes sure it emits no records, and its state follows each entry).
+    clock, and its skid buffer one more; the caller makes sure it emits no records, and its state
+    follows each entry).
     Returns (first idle clock, epoch, words, next channel) or (-1, ...) when it does not apply."""
     limit = min(depth - 2, BURST_MAX)
     for ch in range(c_n):
@@ -358,11 +359,12 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
         g_entry[n_g] = i
         g_ch[n_g] = ch
         n_g += 1
-        ready_at = _root_take(ent_clock[i], ent_time[i], ch, c_n, levels, shift, start_now) + 1 + stage
+        ready_at = (_root_take(ent_clock[i], ent_time[i], ch, c_n, levels, shift, start_now)
+                    + 1 + 2 * stage)
         base = max(base, ready_at)
         g_ptr[ch] = i + 1
         g_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
-        bound = base + 4 + 2 * levels + 8 * n_g + 2 * stage
+        bound = base + 4 + 2 * levels + 8 * n_g + 4 * stage
         ch = _next_entry(g_clock, -1, NONE_LEFT)
         if ch < 0 or g_clock[ch] > bound:
             break
@@ -410,8 +412,8 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
              stage, masks, windows, folds, emit, c_counts, h_clock, h_ch, h_aux, h_time, h_lost):
     """Returns (words written to out_words, clocks simulated). ``n_clocks`` < 0: until drained.
 
-    ``stage``: the coincidence unit sits between the merger and the packer (patterns ``masks``,
-    ``windows``, ``folds``, ``emit``; counts into ``c_counts``). Heralds: HERALD records valid in
+    ``stage``: the coincidence unit and its skid buffer sit between the merger and the packer
+    (patterns ``masks``, ``windows``, ``folds``, ``emit``; counts into ``c_counts``). Heralds: HERALD records valid in
     clock ``h_clock`` (sorted) with their channel, aux and time, into the packer's herald queue
     (a full queue counts in ``h_lost[0]``).
 
@@ -482,6 +484,17 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     watched = np.int64(0)  # channels in some pattern
     for p in range(p_n):
         watched |= masks[p]
+    # the skid buffer between the unit and the packer (gateware/skid.py): a two-entry FIFO,
+    # each entry holding what the packer takes from it
+    sk_n = 0
+    sk_h = 0
+    sk_kind = np.zeros(2, np.int64)
+    sk_ch = np.zeros(2, np.int64)
+    sk_wch = np.zeros(2, np.int64)
+    sk_aux = np.zeros(2, np.int64)
+    sk_time = np.zeros(2, np.int64)
+    sk_count = np.zeros(2, np.int64)
+    sk_gap = np.zeros(2, np.int64)
 
     # the packer's herald queue (SyncFIFOBuffered, depth HERALD_QUEUE)
     hq_cap = HERALD_QUEUE - 1
@@ -582,18 +595,17 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                         nd_take[nd] = 1
         mh_valid = nd_v0[root]
 
-        # ---- coincidence unit: what it shows the packer
+        # ---- coincidence unit: what it shows the skid buffer, which shows the packer its head
+        mk_rec = False
+        mk_pat = 0
         if stage:
-            mk_valid = cb_busy
+            mk_valid = sk_n > 0
             mk_rec = cb_busy and cb_sent
-            mk_pat = 0
             if mk_rec:
                 while not (cb_owed >> mk_pat) & 1:
                     mk_pat += 1
         else:
             mk_valid = mh_valid
-            mk_rec = False
-            mk_pat = 0
 
         # ---- packer
         room = q_n != q_cap
@@ -645,7 +657,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         drop_count = p_count if (second or kind == _REC_FIFO_LOSS or kind == _REC_OUTPUT_LOSS) \
             else np.int64(1)
         if stage:
-            moved = cb_busy and pop
+            moved = cb_busy and sk_n < 2  # the skid buffer's ready: a register
             left_after = (cb_owed & (cb_owed - 1)) if cb_sent else cb_owed
             cb_finishing = moved and left_after == 0 and (cb_sent or cb_owed == 0)
             cb_take = (not cb_busy) or cb_finishing
@@ -719,25 +731,16 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
             p_time = out_pend_time[f_ch]
             p_count = chunk
             p_gap = 0
-        elif pop and mk_rec:
-            busy = True
-            second = False
-            kind = _REC_COINC
-            p_ch = cb_ch
-            p_wch = mk_pat
-            p_aux = op_seen[mk_pat]
-            p_time = op_time[mk_pat]
-            p_count = 0
-            p_gap = 0
         elif pop and stage:
             busy = True
             second = False
-            kind = _REC_FIFO_LOSS if cb_loss else _REC_TAG
-            p_ch = cb_ch
-            p_wch = cb_ch
-            p_time = cb_time
-            p_count = cb_count
-            p_gap = cb_gap
+            kind = sk_kind[sk_h]
+            p_ch = sk_ch[sk_h]
+            p_wch = sk_wch[sk_h]
+            p_aux = sk_aux[sk_h]
+            p_time = sk_time[sk_h]
+            p_count = sk_count[sk_h]
+            p_gap = sk_gap[sk_h]
         elif pop:
             busy = True
             second = False
@@ -770,6 +773,29 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
             else:
                 h_lost[0] += 1
             h_ptr += 1
+
+        # ---- the skid buffer: the head taken, what the unit shows written
+        if stage:
+            if pop:
+                sk_h ^= 1
+                sk_n -= 1
+            if moved:
+                k = sk_h ^ sk_n
+                sk_ch[k] = cb_ch
+                if mk_rec:
+                    sk_kind[k] = _REC_COINC
+                    sk_wch[k] = mk_pat
+                    sk_aux[k] = op_seen[mk_pat]
+                    sk_time[k] = op_time[mk_pat]
+                    sk_count[k] = 0
+                    sk_gap[k] = 0
+                else:
+                    sk_kind[k] = _REC_FIFO_LOSS if cb_loss else _REC_TAG
+                    sk_wch[k] = cb_ch
+                    sk_time[k] = cb_time
+                    sk_count[k] = cb_count
+                    sk_gap[k] = cb_gap
+                sk_n += 1
 
         # ---- the coincidence unit's state (it reads the root's head before the tree moves)
         if stage:
@@ -909,7 +935,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         c_next = c + 1
         heads_in = heads
         quiet = (header_sent and not busy and q_n == 0 and not q_valid and n_full == 0
-                 and not fifo_busy and n_out_pend == 0 and not cb_busy and not hq_valid
+                 and not fifo_busy and n_out_pend == 0 and not cb_busy and sk_n == 0 and not hq_valid
                  and hq_n == 0)
         nxt = -1
         next_arrival = limit
@@ -924,7 +950,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 e = ptr[nxt]
                 w = ent_clock[e]
                 t = ent_time[e]
-                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1 + stage  # packer
+                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1 + 2 * stage  # packer
                 k = 1
                 if (t >> 32) != epoch_sent:
                     k += 1

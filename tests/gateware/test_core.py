@@ -175,7 +175,7 @@ def delivered_clocks(core, samples):
     return out
 
 
-@pytest.mark.parametrize("coincidence,latency", [(True, 12), (False, 11)])
+@pytest.mark.parametrize("coincidence,latency", [(True, 13), (False, 11)])
 def test_isolated_tag_latency_is_fixed(coincidence, latency):
     # capture 1, timestamper 2, FIFO 2, merger tree 3 levels (8 channels), coincidence unit 1
     # (when built), packer 1, output 2
