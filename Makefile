@@ -35,6 +35,11 @@ bench-rpc: $(STAMP)
 bench-dashboard: $(STAMP)
 	$(PY) bench/dashboard.py
 
+# The daemon's live phase lock on the sim lab, scored on the true phase (bench/results/phase_lock_live.json).
+.PHONY: bench-phase-live
+bench-phase-live: $(STAMP)
+	$(PY) bench/phase_lock_live.py
+
 # HDF5 recording: M tags/s and bytes/tag on Poisson streams (bench/results/recorder.json).
 .PHONY: bench-recorder
 bench-recorder: $(STAMP)

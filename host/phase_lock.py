@@ -595,20 +595,61 @@ def simulate_lock(config=None, *, duration_s: float = 1.0, settings: PhaseLockSe
 
 # --- the daemon's loop: the controller fed from the live event stream ------------------------
 
-LOOP_KEYS = {"channel_plus", "channel_minus", "actuator", "burst_offset_ps", "latency_s", "newest_bursts"}
+LOOP_KEYS = {"channel_plus", "channel_minus", "actuator", "burst_offset_ps", "latency_s", "latency_max_s",
+             "newest_bursts"}
+
+
+def command_delay_s(burst_t_s: np.ndarray, imbalance: np.ndarray, command_t_s: np.ndarray,
+                    command_step_rad: np.ndarray, max_s: float, window_s: float = 0.01, grid_s: float = 0.002):
+    """When a command shows in the bursts: the delay ``d`` (0 to ``max_s``) at which the bursts'
+    imbalance jumps most across ``c + d`` for the commands at event times ``c`` (mean over
+    ``window_s`` after less before, squared, summed over commands, weighted by the phase step
+    each makes, ``command_step_rad``).
+    None until the peak stands out (four times the median score). Bursts: start times and
+    imbalances, time-ordered."""
+    keep = (command_t_s + max_s + window_s < burst_t_s[-1]) & (command_t_s - window_s > burst_t_s[0]) \
+        if len(burst_t_s) else np.zeros(len(command_t_s), bool)
+    if keep.sum() < 8:
+        return None
+    c, dv = command_t_s[keep], np.abs(command_step_rad[keep])
+    d = np.arange(0.0, max_s, grid_s)
+    edge = c[:, None] + d[None, :]
+    cum = np.concatenate(([0.0], np.cumsum(imbalance)))
+
+    def mean(t0, t1):
+        i0, i1 = np.searchsorted(burst_t_s, t0), np.searchsorted(burst_t_s, t1)
+        return (cum[i1] - cum[i0]) / np.maximum(i1 - i0, 1), i1 > i0
+
+    after, ok_a = mean(edge, edge + window_s)
+    before, ok_b = mean(edge - window_s, edge)
+    score = np.sum(np.where(ok_a & ok_b, (after - before) ** 2, 0.0) * dv[:, None], axis=0)
+    best = int(np.argmax(score))
+    if score[best] < 4 * np.median(score):
+        return None
+    return float(d[best])
 
 
 def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=None, publish=None):
     """The daemon's phase lock: a :class:`~qnode.host.loops.Loop` whose ``feed(events)`` (called
     from the acquisition thread, cheap and vectorised) counts D+ and D- clicks in the reference
-    bursts, and whose ``step()`` feeds the bursts completed since the last step to the
-    :class:`PhaseLock` (summed: the daemon sees events in batches of ~10 ms, so the live loop
+    bursts, and whose ``step()`` feeds the newest bursts that already show the last command to
+    the :class:`PhaseLock` (summed: the daemon sees events in batches of ~10 ms, so the live loop
     averages the bursts of a batch; the 1 kHz per-burst loop is what the gateware or
     :func:`simulate_lock` runs) and writes the voltage to ``actuator(voltage_v)``.
+
+    Timing is in event time (the bursts' own timestamps), not the loop's period: each update
+    tells the controller the time since the bursts of the previous update (``cycle_s``: its
+    random-walk spread). A command written now acts at an event time the host has not seen yet:
+    the newest event's time plus its arrival lag (the smallest wall-clock-minus-event-time of
+    recent batches maps the write onto event time) plus ``latency_s``, what the host cannot see
+    (the driver, the stretcher, a clock offset). ``latency_s = "auto"`` (the default) measures
+    it from the jumps the loop's own steps make in the bursts (:func:`command_delay_s`), waiting
+    ``latency_max_s`` after each command until it has.
 
     ``reference``: the lab's reference-light timing (``cycle_ps``, ``burst_ps``), e.g. the sim's
     ``[sim.reference]``; settings ``cycle_s``/``burst_s`` override it.
     """
+    import time
     from collections import deque
 
     from qnode.firmware.events import Kind
@@ -616,24 +657,29 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
     from .loops import Loop
 
     class _PhaseLockLoop(Loop):
+        HISTORY_BURSTS = 8000  # bursts kept for the delay estimate (8 s at 1 kHz)
+        SETTLE_S = 0.015  # after the measured delay: the stretcher (5 ms) and the jitter of the driver
+
         def __init__(self):
             self.controller = PhaseLock()
             self.channel_plus, self.channel_minus = 3, 4
             self.burst_offset_ps = 0
-            # the reference light's timing, for counting; the controller's own cycle is the
-            # loop's step (its actuator-lag model needs the time between its commands)
             self.cycle_ps = int(getattr(reference, "cycle_ps", 1_000_000_000))
             self.burst_ps = int(getattr(reference, "burst_ps", 100_000_000))
-            # Events reach the daemon in batches, tens of ms after the light: after a command only
-            # bursts later than the newest one seen then plus latency_s show its effect.
-            self.latency_s = float(loop_config.settings.get("latency_s", 0.03))
-            self._valid_after = -1
-            self.newest_bursts = int(loop_config.settings.get("newest_bursts", 5))
-            self.controller.set(cycle_s=max(loop_config.period_s, self.cycle_ps * 1e-12) + self.latency_s,
-                                burst_s=self.burst_ps * 1e-12)
+            self.latency_s: float | None = None  # None: measured (command_delay_s)
+            self.latency_max_s = 0.5
+            self.measured_latency_s: float | None = None
+            self.newest_bursts = 5
+            self.controller.set(burst_s=self.burst_ps * 1e-12)
             self.actuator = actuator
-            self._counts: dict[int, list[int]] = {}  # cycle index -> [n+, n-]
+            self._counts: dict[int, list[int]] = {}  # cycle index -> [n+, n-], not yet complete
+            self._history: deque = deque(maxlen=self.HISTORY_BURSTS)  # (cycle, n+, n-), complete
             self._latest_cycle = -1
+            self._arrival_offsets_s: deque = deque(maxlen=200)  # wall clock minus newest event time
+            self._commands: deque = deque(maxlen=1000)  # (event time s, phase step rad, voltage)
+            self._valid_from_cycle = -1
+            self._last_burst_t_s: float | None = None
+            self._delay_checked_s = 0.0
             self._feed_lock = threading.Lock()
             self.errors_deg: deque = deque(maxlen=1000)
             self.bursts = 0
@@ -643,14 +689,22 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
 
         def apply_settings(self, changes: dict) -> None:
             loop_keys = {k: v for k, v in changes.items() if k in LOOP_KEYS}
+            latency = loop_keys.get("latency_s", "auto" if self.latency_s is None else self.latency_s)
+            if latency != "auto" and (isinstance(latency, str) or float(latency) < 0):
+                raise ValueError(f"phase lock: latency_s must be >= 0 s or 'auto', got {latency!r}")
+            latency_max = float(loop_keys.get("latency_max_s", self.latency_max_s))
+            if latency_max <= 0:
+                raise ValueError(f"phase lock: latency_max_s must be > 0, got {latency_max}")
             self.controller.set(**{k: v for k, v in changes.items() if k not in LOOP_KEYS})
             self.channel_plus = int(loop_keys.get("channel_plus", self.channel_plus))
             self.channel_minus = int(loop_keys.get("channel_minus", self.channel_minus))
             self.burst_offset_ps = int(loop_keys.get("burst_offset_ps", self.burst_offset_ps))
-            self.latency_s = float(loop_keys.get("latency_s", self.latency_s))
+            self.latency_s = None if latency == "auto" else float(latency)
+            self.latency_max_s = latency_max
             self.newest_bursts = max(1, int(loop_keys.get("newest_bursts", self.newest_bursts)))
 
         def feed(self, events: np.ndarray) -> None:
+            arrived_s = time.monotonic()
             tags = events[events["kind"] == Kind.TAG]
             if len(tags) == 0:
                 return
@@ -666,37 +720,84 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
                     for c, n in zip(cycles.tolist(), counts.tolist()):
                         self._counts.setdefault(c, [0, 0])[side] += n
                 self._latest_cycle = max(self._latest_cycle, int(cycle[-1]))
+                self._arrival_offsets_s.append(arrived_s - int(t[-1]) * 1e-12)
+                for c in sorted(c for c in self._counts if c < self._latest_cycle):
+                    self._history.append((c, *self._counts.pop(c)))
 
-        def _complete_bursts(self) -> list[list[int]]:
+        def _event_now_s(self) -> float | None:
+            """The event time the light has reached now, as near as batches show it."""
             with self._feed_lock:
-                done = sorted(c for c in self._counts if c < self._latest_cycle)
-                return [self._counts.pop(c) for c in done if c > self._valid_after]
+                return time.monotonic() - min(self._arrival_offsets_s) if self._arrival_offsets_s else None
+
+        def _delay_s(self) -> float:
+            return self.latency_s if self.latency_s is not None else (
+                self.latency_max_s if self.measured_latency_s is None else self.measured_latency_s)
+
+        def _measure_delay(self) -> None:
+            """Every second: when the loop's own steps show in the bursts (latency_s 'auto')."""
+            now = time.monotonic()
+            if self.latency_s is not None or now - self._delay_checked_s < 1.0:
+                return
+            self._delay_checked_s = now
+            with self._feed_lock:
+                history = np.array(self._history, dtype=np.int64).reshape(-1, 3)
+                commands = np.array(self._commands, dtype=float).reshape(-1, 3)
+            total = history[:, 1] + history[:, 2]
+            lit = total >= self.controller.settings.min_reference_counts
+            if lit.sum() < 100:
+                return
+            t_s = history[lit, 0] * self.cycle_ps * 1e-12
+            imbalance = (history[lit, 1] - history[lit, 2]) / total[lit]
+            delay = command_delay_s(t_s, imbalance, commands[:, 0], commands[:, 1], self.latency_max_s)
+            if delay is not None:
+                self.measured_latency_s = delay + self.SETTLE_S
 
         def step(self) -> None:
+            self._measure_delay()
+            c = self.controller
+            delay_s = self._delay_s()
+            with self._feed_lock:
+                fresh = [b for b in self._history if b[0] >= self._valid_from_cycle]
             # the newest bursts only: older ones describe a phase that has moved on
-            bursts = self._complete_bursts()[-self.newest_bursts:]
+            bursts = fresh[-self.newest_bursts:]
             if not bursts:
-                self.waiting = "no complete reference burst since the last step"
+                self.waiting = "no complete reference burst since the last command acted"
                 return
             self.waiting = None
-            n_plus = sum(b[0] for b in bursts)
-            n_minus = sum(b[1] for b in bursts)
+            self._valid_from_cycle = bursts[-1][0] + 1
+            n_plus = sum(b[1] for b in bursts)
+            n_minus = sum(b[2] for b in bursts)
             self.bursts += len(bursts)
-            # One update for the bursts of this step: counts summed, thresholds scaled to them.
-            min_counts = self.controller.settings.min_reference_counts
-            scaled = min_counts * len(bursts)
-            self.controller.settings.min_reference_counts = scaled
+            # the time since the bursts of the last update: the random walk's spread
+            burst_t_s = (sum(b[0] for b in bursts) / len(bursts) + 0.5) * self.cycle_ps * 1e-12
+            elapsed_s = self.period_s + delay_s if self._last_burst_t_s is None else burst_t_s - self._last_burst_t_s
+            self._last_burst_t_s = burst_t_s
+            settings = c.settings
+            # One update for the bursts of this step: counts summed, thresholds scaled to them;
+            # the actuator has settled (only bursts after its response count).
+            saved = (settings.min_reference_counts, settings.cycle_s, settings.actuator_tau_s)
+            settings.min_reference_counts = saved[0] * len(bursts)
+            settings.cycle_s = max(elapsed_s, 2 * settings.burst_s)
+            settings.actuator_tau_s = 0.0
+            before_v = c.command_v
             try:
-                voltage = self.controller.update(n_plus, n_minus)
+                voltage = c.update(n_plus, n_minus)
             finally:
-                self.controller.settings.min_reference_counts = min_counts
-            if self.controller.error_rad is not None and self.controller.state == "locked":
-                self.errors_deg.append(math.degrees(self.controller.error_rad))
+                settings.min_reference_counts, settings.cycle_s, settings.actuator_tau_s = saved
+            if c.error_rad is not None and c.state == "locked":
+                self.errors_deg.append(math.degrees(c.error_rad))
             if self.actuator is None:
                 raise RuntimeError("no actuator: settings.actuator must name an open instrument (an MDT694B)")
             self.actuator(voltage)
+            now_s = self._event_now_s()
             with self._feed_lock:
-                self._valid_after = self._latest_cycle + int(math.ceil(self.latency_s * 1e12 / self.cycle_ps))
+                if now_s is None:
+                    now_s = (self._latest_cycle + 1) * self.cycle_ps * 1e-12
+                # the phase step it makes (a rewind by whole fringes makes none)
+                self._commands.append((now_s, abs(float(wrap_rad(c._k * (voltage - before_v)))), voltage))
+                # the next update waits for bursts that show this command
+                self._valid_from_cycle = max(self._valid_from_cycle, int(math.ceil(
+                    (now_s + delay_s) * 1e12 / self.cycle_ps)))
 
         def loop_status(self) -> dict:
             status = self.controller.status()
@@ -704,6 +805,8 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             status["phase_error_rms_deg"] = float(np.sqrt(np.mean(errors ** 2))) if len(errors) else None
             status["bursts"] = self.bursts
             status["waiting"] = self.waiting
+            status["latency_s"] = self._delay_s()
+            status["latency_measured"] = self.latency_s is None and self.measured_latency_s is not None
             return status
 
     return _PhaseLockLoop()
