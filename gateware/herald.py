@@ -258,10 +258,17 @@ class HeraldUnit(wiring.Component):
         v_cnt, _, _ = window_clicks(hits_v)
 
         def accumulate(acc_n, acc_ch, acc_t, cnt, ch, t):
-            with m.If(acc_n == 0):
-                m.d.sync += [acc_ch.eq(ch), acc_t.eq(t)]
             # saturating 0, 1, 2 (two or more) as logic of two 2-bit values
             m.d.sync += acc_n.eq(Mux(acc_n[1] | cnt[1] | (acc_n[0] & cnt[0]), 2, acc_n | cnt))
+
+        # The first click's channel and offset follow the window's selection in every clock the
+        # count is still 0 (they are read only with a count of 1 or more, and they freeze the
+        # clock the first click is counted): the wide registers' enable is that 2-bit compare,
+        # not the take / active / placed logic in front of the counts (a routed path of 15 ns)
+        for acc_n, acc_ch, acc_t, ch, t in ((early_n, early_ch, early_off, e_ch, e_t),
+                                           (late_n, late_ch, late_off_first, l_ch, l_t)):
+            with m.If(acc_n == 0):
+                m.d.sync += [acc_ch.eq(ch), acc_t.eq(t)]
 
         last_offset = Signal(OFFSET_SPAN_BITS)
         m.d.comb += last_offset.eq(Mux(self.rule == RULE_TWO, self.late_bins, 0) + self.length_bins - 1)
