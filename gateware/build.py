@@ -150,9 +150,9 @@ def nextpnr_opts(seed: int) -> str:
     # --timing-allow-fail: a design that misses timing still gives a bitstream and its report;
     # router2: router1 had not converged after 30 minutes on the full design. Whether router2
     # converges depends on the seed at this congestion: the default, seed 2, routes the current
-    # design (seed 1 did not; docs/gateware.md "Timing")
-    # the heap placer's timing weight 40 (default 10): on the full design it cut the wire
-    # length by 10 % and raised the routed fmax from 49 to 64 MHz (docs/gateware.md "Timing")
+    # design (seed 1 did not); the heap placer's timing weight 40 (default 10) cut the full
+    # design's wire length by 10 % and raised its routed fmax from 49 to 64 MHz (docs/gateware.md
+    # "Timing")
     return f"--timing-allow-fail --seed {seed} --router router2 --placer-heap-timingweight 40"
 
 

@@ -257,7 +257,7 @@ class HeraldUnit(wiring.Component):
         l_cnt, l_ch, l_t = window_clicks(hits_l)
         v_cnt, _, _ = window_clicks(hits_v)
 
-        def accumulate(acc_n, acc_ch, acc_t, cnt, ch, t):
+        def accumulate(acc_n, cnt):
             # saturating 0, 1, 2 (two or more) as logic of two 2-bit values
             m.d.sync += acc_n.eq(Mux(acc_n[1] | cnt[1] | (acc_n[0] & cnt[0]), 2, acc_n | cnt))
 
@@ -294,9 +294,9 @@ class HeraldUnit(wiring.Component):
             m.d.sync += [active.eq(0), deciding.eq(0)]
         with m.Elif(active):
             with m.If(placed):
-                accumulate(early_n, early_ch, early_off, e_cnt, e_ch, e_t)
+                accumulate(early_n, e_cnt)
                 with m.If(two):
-                    accumulate(late_n, late_ch, late_off_first, l_cnt, l_ch, l_t)
+                    accumulate(late_n, l_cnt)
                 with m.If(v_cnt != 0):
                     m.d.sync += veto.eq(1)
             # every click up to E was shown by the previous clock and is accumulated now: done

@@ -676,7 +676,7 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             self._history: deque = deque(maxlen=self.HISTORY_BURSTS)  # (cycle, n+, n-), complete
             self._latest_cycle = -1
             self._arrival_offsets_s: deque = deque(maxlen=200)  # wall clock minus newest event time
-            self._commands: deque = deque(maxlen=1000)  # (event time s, phase step rad, voltage)
+            self._commands: deque = deque(maxlen=1000)  # (event time s, phase step rad)
             self._valid_from_cycle = -1
             self._last_burst_t_s: float | None = None
             self._delay_checked_s = 0.0
@@ -741,7 +741,7 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             self._delay_checked_s = now
             with self._feed_lock:
                 history = np.array(self._history, dtype=np.int64).reshape(-1, 3)
-                commands = np.array(self._commands, dtype=float).reshape(-1, 3)
+                commands = np.array(self._commands, dtype=float).reshape(-1, 2)
             total = history[:, 1] + history[:, 2]
             lit = total >= self.controller.settings.min_reference_counts
             if lit.sum() < 100:
@@ -756,10 +756,16 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             self._measure_delay()
             c = self.controller
             delay_s = self._delay_s()
+            # the newest bursts that show the last command (from the history's end: it holds
+            # 8 s of bursts, an update wants a handful); older ones describe a phase that has
+            # moved on
+            bursts = []
             with self._feed_lock:
-                fresh = [b for b in self._history if b[0] >= self._valid_from_cycle]
-            # the newest bursts only: older ones describe a phase that has moved on
-            bursts = fresh[-self.newest_bursts:]
+                for b in reversed(self._history):
+                    if b[0] < self._valid_from_cycle or len(bursts) == self.newest_bursts:
+                        break
+                    bursts.append(b)
+            bursts.reverse()
             if not bursts:
                 self.waiting = "no complete reference burst since the last command acted"
                 return
@@ -794,7 +800,7 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
                 if now_s is None:
                     now_s = (self._latest_cycle + 1) * self.cycle_ps * 1e-12
                 # the phase step it makes (a rewind by whole fringes makes none)
-                self._commands.append((now_s, abs(float(wrap_rad(c._k * (voltage - before_v)))), voltage))
+                self._commands.append((now_s, abs(float(wrap_rad(c._k * (voltage - before_v))))))
                 # the next update waits for bursts that show this command
                 self._valid_from_cycle = max(self._valid_from_cycle, int(math.ceil(
                     (now_s + delay_s) * 1e12 / self.cycle_ps)))

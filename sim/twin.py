@@ -413,9 +413,9 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     """Returns (words written to out_words, clocks simulated). ``n_clocks`` < 0: until drained.
 
     ``stage``: the coincidence unit and its skid buffer sit between the merger and the packer
-    (patterns ``masks``, ``windows``, ``folds``, ``emit``; counts into ``c_counts``). Heralds: HERALD records valid in
-    clock ``h_clock`` (sorted) with their channel, aux and time, into the packer's herald queue
-    (a full queue counts in ``h_lost[0]``).
+    (patterns ``masks``, ``windows``, ``folds``, ``emit``; counts into ``c_counts``). Heralds:
+    HERALD records valid in clock ``h_clock`` (sorted) with their channel, aux and time, into the
+    packer's herald queue (a full queue counts in ``h_lost[0]``).
 
     ``direct``: the consumer is always ready and the run goes until drained. The output FIFO
     then never holds more than one word in its inner queue, so it never refuses a word and never
