@@ -84,9 +84,8 @@ def run_live(module, seconds: float, warm_up_s: float, settings: dict | None = N
                 estimates.append((t_b, c.phase_rad))
 
         loop.step = step
-        # The sim's two clocks: the FPGA stamps events from its own start, the interferometer takes
-        # the stretcher's steps on the lab model's clock (started earlier): that difference is
-        # a latency from command to effect in event time that no host-side timing can see.
+        # The sim's FPGA stamps events in the lab model's time (the clock the stretcher's steps
+        # act on); what is left between the two is the production's lag, reported as a check.
         device = daemon.lab.fpga.server.device
         plain_produce = device.produce
         fpga_zero_s: list[float] = []

@@ -6,10 +6,11 @@ register reads and writes from the firmware register map) and turns detector cli
 the host driver opens ``socket://127.0.0.1:PORT`` and cannot tell it from a board except by the
 identify reply (board "sim").
 
-Time runs with the wall clock (``speed`` times real time). Words the host does not take in time
-(no client connected, or a client slower than the stream) are dropped at the device and become
-in-band LOSS records (reason OUTPUT) per channel, exactly as the gateware's packer reports
-back-pressure.
+Time runs with the wall clock (``speed`` times real time); with a lab model, on the model's
+clock, so event times are lab times (the FPGA's zero is the lab's). Words the host does not take
+in time (no client connected, or a client slower than the stream) are dropped at the device and
+become in-band LOSS records (reason OUTPUT) per channel, exactly as the gateware's packer
+reports back-pressure.
 """
 
 from __future__ import annotations
@@ -411,11 +412,23 @@ class FpgaServer:
             writer.close()
 
     async def _produce(self) -> None:
-        lab_ps = 0
-        t0 = time.monotonic()
+        lab = self.device.lab
+        if lab is not None:
+            # One clock zero for the events and the lab model: the stream is stamped in the
+            # model's time, on which the stretcher's steps (and every instrument) act, so a
+            # command at lab time t shows in the events after t, however long the start took.
+            def clock_ps() -> int:
+                return int(lab.now_s() * 1e12)
+            lab_ps = self.device.source.now_ps = clock_ps()
+        else:
+            t0 = time.monotonic()
+
+            def clock_ps() -> int:
+                return int((time.monotonic() - t0) * self.speed * 1e12)
+            lab_ps = 0
         while True:
             await asyncio.sleep(STEP_PS * 1e-12 / self.speed)
-            target_ps = int((time.monotonic() - t0) * self.speed * 1e12)
+            target_ps = clock_ps()
             while lab_ps < target_ps:
                 step = min(STEP_PS, target_ps - lab_ps)
                 self._emit(step)
