@@ -131,20 +131,23 @@ class ECP5Capture(wiring.Component):
         m.d.capture += at_pins.eq(Cat(halves))
         now4 = Signal(4 * c)
         m.d.capture += now4.eq(at_pins)
-        held = Signal(4 * c)
-        phase = Signal()
-        m.d.capture += phase.eq(~phase)
-        with m.If(~phase):
-            m.d.capture += held.eq(now4)  # (phase is state[1::2].any(), kept as its own bit)
         ring = [Signal(8 * c, name=f"ring_{k}") for k in range(4)]
-        # one-hot write strobe, a register per slot: slot k is written when phase is 1 and the
-        # write pointer is k (the 8-state ring below is (pointer, phase))
-        state = Signal(8, init=1)
-        m.d.capture += state.eq(Cat(state[7], state[:7]))
-        word = Cat(Cat(held[4 * i:4 * i + 4], now4[4 * i:4 * i + 4]) for i in range(c))
-        for k in range(4):
-            with m.If(state[2 * k + 1]):
-                m.d.capture += ring[k].eq(word)
+        for i in range(c):
+            # Per channel its own copy of the gearbox phase and of the one-hot write strobe (a
+            # register per slot: slot k is written when phase is 1 and the write pointer is k;
+            # the 8-state ring is (pointer, phase)): one strobe for all channels was a 6.6 ns
+            # route to 256 clock enables at 200 MHz. (The copies are rings, each FF fed by its
+            # own copy's, so synthesis cannot merge them.)
+            held = Signal(4, name=f"held_{i}")
+            phase = Signal(name=f"phase_{i}")
+            m.d.capture += phase.eq(~phase)
+            with m.If(~phase):
+                m.d.capture += held.eq(now4[4 * i:4 * i + 4])
+            state = Signal(8, init=1, name=f"slot_strobe_{i}")
+            m.d.capture += state.eq(Cat(state[7], state[:7]))
+            for k in range(4):
+                with m.If(state[2 * k + 1]):
+                    m.d.capture += ring[k][8 * i:8 * i + 8].eq(Cat(held, now4[4 * i:4 * i + 4]))
         # 100 MHz: read two slots behind the writer (slot 2 first: zeros until the ring runs)
         rp = Signal(2, init=2)
         m.d.sync += rp.eq(rp + 1)

@@ -19,7 +19,7 @@ that had clicked in it (exactly min_fold of them), ``coincidence`` = 1. Several 
 completed by one tag leave in pattern order, one per clock, holding the merger meanwhile.
 
 Timing: per tag and pattern the unit makes one compare (the tag against the window's last bin,
-a register set when the window opened) and one 5-bit compare (channels seen so far, a register
+registers set when the window opened, as two equalities and a 17-bit compare) and one 5-bit compare (channels seen so far, a register
 kept with the mask, against the fold needed, registered from the settings). Settings therefore
 take effect a clock after they are written, and a window keeps the length it opened with:
 change them while no tags flow (as the host does, with the channels disabled or the core in
@@ -39,6 +39,7 @@ PATTERNS = 8
 MASK_BITS = 16
 WINDOW_BITS = 16
 FOLD_BITS = 5
+LOW_BITS = WINDOW_BITS + 1  # a window's end is at most one carry past its opening tag's block
 
 Marked = data.StructLayout({"entry": Entry, "channel": 6, "coincidence": 1, "source": 6})
 """A merged entry (coincidence = 0) or a coincidence record (coincidence = 1, see above).
@@ -125,10 +126,23 @@ class CoincidenceUnit(wiring.Component):
             m.d.sync += need.eq(Mux(self.min_folds[p] == 0,
                                     sum(self.masks[p][i] for i in range(MASK_BITS)),
                                     self.min_folds[p]))
-            close = Signal(len(t) + 1, name=f"close_{p}")
+            # t > close without a 57-bit compare: the window is < 2**16 bins, so its last bin
+            # (close) is in the opening tag's block of 2**LOW_BITS bins or, when the low sum
+            # carried (``crossed``), the next one; and no tag is earlier than the one that
+            # opened it (the stream is time-ordered). So t <= close is two equalities of the
+            # high parts and one 17-bit compare, side by side.
+            close_lo = Signal(LOW_BITS, name=f"close_lo_{p}")
+            close_hi = Signal(len(t) - LOW_BITS + 1, name=f"close_hi_{p}")
+            crossed = Signal(name=f"crossed_{p}")
+            t_lo, t_hi = t[:LOW_BITS], t[LOW_BITS:]
+            low_in = Signal(name=f"low_in_{p}")
+            m.d.comb += low_in.eq(t_lo <= close_lo)
+            inside = Signal(name=f"inside_{p}")
+            m.d.comb += inside.eq(((t_hi == opened[p][LOW_BITS:]) & (crossed | low_in))
+                                  | ((t_hi == close_hi) & crossed & low_in))
             fold = Signal(FOLD_BITS, name=f"fold_{p}")  # distinct channels in seen[p]
             outside = Signal(name=f"outside_{p}")
-            m.d.comb += outside.eq(~is_open[p] | (t > close))
+            m.d.comb += outside.eq(~is_open[p] | ~inside)
             fresh = Signal(name=f"fresh_{p}")  # this tag's channel is new to the open window
             m.d.comb += fresh.eq(~seen[p].bit_select(arriving.channel[:4], 1))
             done = Signal(name=f"completes_{p}")
@@ -136,7 +150,9 @@ class CoincidenceUnit(wiring.Component):
             completes.append(done)
             with m.If(take & self.merged.valid & member):
                 with m.If(outside):
-                    m.d.sync += [opened[p].eq(t), close.eq(t + self.windows[p]),
+                    low_sum = t_lo + self.windows[p]
+                    m.d.sync += [opened[p].eq(t), close_lo.eq(low_sum[:LOW_BITS]),
+                                 crossed.eq(low_sum[LOW_BITS]), close_hi.eq(t_hi + low_sum[LOW_BITS]),
                                  is_open[p].eq(1), seen[p].eq(bit), fold.eq(1)]
                 with m.Else():
                     m.d.sync += [seen[p].eq(seen[p] | bit), fold.eq(fold + fresh)]

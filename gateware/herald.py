@@ -33,10 +33,11 @@ Decision and latency. Let E be the attempt's last window bin and ``d_min`` the s
 ``k = (E - d_min) // N``; all clicks up to E have been shown at clock k + 3, their offsets from
 S are registered at k + 4, their window compares at k + 5 and accumulated then (pipeline stages,
 so no wide adder feeds a compare, and no compare a count, in the same clock), the decision is
-registered at k + 6 and the pin rises at **k + 7**, whatever the outcome or when the deciding
-click came: ``PIN_LATENCY = 7`` clocks from the sample word that
-completes the condition (the one holding the window's last bin) to the pin. ``record`` carries
-the HERALD fields in the same clock as the pin's rising edge (``record.valid`` for one clock).
+registered at k + 6, the HERALD ``record`` at k + 7 (``record.valid`` for one clock) and the
+pin rises at **k + 8**, whatever the outcome or when the deciding click came: ``PIN_LATENCY = 8``
+clocks from the sample word that completes the condition (the one holding the window's last
+bin) to the pin. (The pin follows the registered record, so the pin's timer by the pad is a
+clock away from the decision logic.)
 
 One attempt is evaluated at a time. The next window is taken from the queue (through a
 register after it: a sync tag's attempt can be taken 4 clocks after the tag was seen) the clock
@@ -62,8 +63,10 @@ OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1
 OUTCOMES = 4
 ATTEMPT_QUEUE = 64  # windows in flight: >= the 49 of the reference lab
 SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
-# k + 3 all clicks shown, k + 4 offsets, k + 5 compared and accumulated, k + 6 decision, k + 7 pin
-PIN_LATENCY = SEEN_LATENCY + 4
+# k + 3 all clicks shown, k + 4 offsets, k + 5 compared and accumulated, k + 6 decision,
+# k + 7 record, k + 8 pin
+RECORD_LATENCY = SEEN_LATENCY + 4
+PIN_LATENCY = RECORD_LATENCY + 1
 OFFSET_BITS = 32
 LENGTH_BITS = 16
 PIN_CLOCKS_BITS = 16
@@ -323,7 +326,9 @@ class HeraldUnit(wiring.Component):
             self.vetoed.eq(deciding & veto),
             self.success.eq(Cat((outcome == k + 1) for k in range(OUTCOMES))),
         ]
-        with m.If(outcome != 0):
+        # the pin a clock behind the record, from its registered valid: the decision logic and
+        # the pin's timer (placed by the pad) each get a clock of their own (a routed 18 ns path)
+        with m.If(self.record.valid):
             m.d.sync += [self.pin.eq(self.pin_clocks != 0), pin_left.eq(self.pin_clocks - 1)]
         with m.Elif(pin_left != 0):
             m.d.sync += pin_left.eq(pin_left - 1)

@@ -22,7 +22,8 @@ from qnode.gateware.params import WRITE_LATENCY
 RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
 OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
 SEEN_LATENCY = WRITE_LATENCY
-PIN_LATENCY = SEEN_LATENCY + 4
+RECORD_LATENCY = SEEN_LATENCY + 4  # the HERALD record; the pin a clock later
+PIN_LATENCY = RECORD_LATENCY + 1
 QUEUE_LATENCY = 4  # the sync tag registered, written at P + 1, at the queue's head at P + 3,
 # in the next-attempt register at P + 4
 ATTEMPT_BITS = 18
@@ -147,7 +148,7 @@ class HeraldSettings:
 
 @dataclass
 class HeraldResult:
-    clock: np.ndarray  # clock the pin rises and the record is valid
+    clock: np.ndarray  # clock the record is valid (the pin rises a clock later)
     channel: np.ndarray  # detector of the deciding click
     outcome: np.ndarray
     attempt: np.ndarray  # attempt number mod 2**18 (what the HERALD word carries)
@@ -155,6 +156,11 @@ class HeraldResult:
     time: np.ndarray  # the deciding click, bins
     done_sample: np.ndarray  # the sample word (clock) holding the attempt's last window bin
     counters: dict = field(default_factory=dict)
+
+    @property
+    def pin_clock(self) -> np.ndarray:
+        """Clock the pin rises: the pin follows the registered record."""
+        return self.clock + (PIN_LATENCY - RECORD_LATENCY)
 
 
 @numba.njit(cache=True, inline="always")
@@ -331,7 +337,7 @@ def heralds(entries, settings: HeraldSettings, *, channels: int, oversampling: i
     return HeraldResult(
         clock=decided + 1, channel=w_channel[:k].copy(), outcome=w_outcome[:k].copy(),
         attempt=attempt & ((1 << ATTEMPT_BITS) - 1), attempt_index=attempt,
-        time=w_time[:k].copy(), done_sample=decided + 1 - PIN_LATENCY, counters=counters)
+        time=w_time[:k].copy(), done_sample=decided + 1 - RECORD_LATENCY, counters=counters)
 
 
 def herald_event_fields(res: HeraldResult):

@@ -18,6 +18,7 @@ from qnode.firmware.events import (
 )
 from qnode.host.config import load_config
 from qnode.sim.fpga import FpgaServerThread, SimulatedFpga
+from qnode.sim.twin_herald import PIN_LATENCY
 
 # --- framing ---------------------------------------------------------------------------
 
@@ -302,7 +303,7 @@ def test_simulated_fpga_starts_at_the_register_reset_values(config):
     assert config.fpga.channels[0].dead_time_ps == 8000 and config.fpga.herald.rule == "single_click"
     assert device._get("ts_dead_time_bins", 0) == REGISTER_MAP["ts_dead_time_bins"].reset == 0
     assert device._get("herald_rule") == 0 and device._get("coinc_mask", 0) == 0
-    assert device._get("herald_latency_clocks") == 7  # this build has a herald unit
+    assert device._get("herald_latency_clocks") == PIN_LATENCY  # this build has a herald unit
 
 
 def _write_reference_units(device):

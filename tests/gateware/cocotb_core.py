@@ -177,7 +177,7 @@ async def scoreboard_against_twin(dut):
                 heralds_compared=int(np.count_nonzero(events["kind"] == Kind.HERALD)),
                 coincidences_compared=int(np.count_nonzero(events["kind"] == Kind.COINCIDENCE)),
                 heralds=len(h.clock), pin_rises=len(rises),
-                pin_rises_match_twin=rises == [int(x) for x in h.clock],
+                pin_rises_match_twin=rises == [int(x) for x in h.pin_clock],
                 latencies_clocks=sorted(set(latencies)), latencies_measured=len(latencies),
             )
             dut._log.info("seed %d %s: %s", seed, KINDS[kind], record)

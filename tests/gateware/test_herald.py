@@ -15,8 +15,8 @@ from amaranth.sim import Simulator
 
 from qnode.gateware.capture import InputCapture
 from qnode.gateware.herald import (
-    ATTEMPT_QUEUE, LENGTH_BITS, OFFSET_BITS, PIN_CLOCKS_BITS, PIN_LATENCY, RULE_OFF, RULE_SINGLE,
-    RULE_TWO, HeraldRecord, HeraldUnit,
+    ATTEMPT_QUEUE, LENGTH_BITS, OFFSET_BITS, PIN_CLOCKS_BITS, PIN_LATENCY, RECORD_LATENCY, RULE_OFF,
+    RULE_SINGLE, RULE_TWO, HeraldRecord, HeraldUnit,
 )
 from qnode.gateware.params import TIME_BITS
 from qnode.gateware.timestamper import Timestamper
@@ -147,9 +147,10 @@ def test_single_click_psi_plus_and_psi_minus_with_the_fixed_latency():
         records, pin, counts = single([(40, 0), (143 + ch - 3 + 4 * (ch - 3), ch)])
         (clock, channel, got, attempt, time), = records
         assert (channel, got, attempt) == (ch, outcome, 0)
-        # the sample word holding the window's last bin (149) is word 18: pin at 18 + 7
-        assert clock == 149 // N + PIN_LATENCY == 25
-        assert pin == [25]
+        # the sample word holding the window's last bin (149) is word 18: record at 18 + 7,
+        # pin at 18 + 8
+        assert clock == 149 // N + RECORD_LATENCY == 25
+        assert pin == [149 // N + PIN_LATENCY] == [26]
         assert counts["success"][outcome - 1] == 1 and counts["attempt"] == 1
 
 
@@ -218,12 +219,12 @@ def test_two_click_rule_same_and_different_detectors():
         else:
             (clock, channel, got, _, time), = records
             assert got == outcome and (channel, time) == (clicks[-1][1], clicks[-1][0])
-            assert clock == 189 // N + PIN_LATENCY
+            assert clock == 189 // N + RECORD_LATENCY
 
 
 def test_pin_stays_high_for_pin_clocks():
     _, pin, _ = single([(40, 0), (143, 3)], settings=replace(SINGLE, pin_clocks=4))
-    assert pin == [25, 26, 27, 28]
+    assert pin == [26, 27, 28, 29]
 
 
 def test_latency_counts_from_the_fastest_watched_channel():
@@ -232,7 +233,7 @@ def test_latency_counts_from_the_fastest_watched_channel():
     cfg.__post_init__()
     records, _, _ = single([(40, 0), (125, 4)], cfg=cfg)  # 125 + 20 = 145: inside
     (clock, channel, outcome, _, time), = records
-    assert (channel, outcome, time) == (4, 2, 145) and clock == 149 // N + PIN_LATENCY
+    assert (channel, outcome, time) == (4, 2, 145) and clock == 149 // N + RECORD_LATENCY
 
 
 def test_rule_off_counts_attempts_only():
