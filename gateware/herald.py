@@ -39,6 +39,10 @@ clocks from the sample word that completes the condition (the one holding the wi
 bin) to the pin. (The pin follows the registered record, so the pin's timer by the pad is a
 clock away from the decision logic.)
 
+Settings are static while attempts run (the host writes them with the channels disabled or the
+core in reset): the window offsets reach the channels' compares through a chain of registers,
+up to ``channels + 1`` clocks after a write.
+
 One attempt is evaluated at a time. The next window is taken from the queue (through a
 register after it: a sync tag's attempt can be taken 4 clocks after the tag was seen) the clock
 after a decision (or at once when idle); if a click at S could already have been seen then (``S`` at or
@@ -176,12 +180,8 @@ class HeraldUnit(wiring.Component):
         attempt_no = Signal(HERALD_ATTEMPT_BITS)
         two = Signal()  # the rule when this window was taken
         single = Signal()
-        # the windows as offsets from S: early [0, early_len), late [late_off, late_end),
-        # the attempt up to last_off = E - S
-        early_len = Signal(LENGTH_BITS)
-        late_off = Signal(OFFSET_BITS)
-        late_end = Signal(OFFSET_SPAN_BITS)
-        last_off = Signal(OFFSET_SPAN_BITS)
+        last_offset = Signal(OFFSET_SPAN_BITS)  # E - S
+        m.d.comb += last_offset.eq(Mux(self.rule == RULE_TWO, self.late_bins, 0) + self.length_bins - 1)
         last_bin = Signal(TIME_BITS)  # E: the attempt's last bin
 
         # the next attempt, registered after the queue (its block RAM output is slow): the late
@@ -210,8 +210,22 @@ class HeraldUnit(wiring.Component):
         # P the offsets, W the window compares (per channel and click, the masks applied),
         # then the counts and the first click of each window, accumulated. ``placed`` says
         # P and W were both taken against the window that is current.
+        # The windows as offsets from S for stage W: early [0, early_len), late [late_off,
+        # late_end), the attempt up to last_off = E - S. They follow from the settings alone
+        # (static while attempts run), so each channel reads its own copy, passed down a chain
+        # of registers one link per channel: one copy for every channel's compares was a 12-15 ns
+        # route across the die, and copies loaded alike would be merged by synthesis (links of a
+        # chain are not). A setting reaches the last channel c + 1 clocks after it is written.
+        Windows = data.StructLayout({"early_len": LENGTH_BITS, "late_off": OFFSET_BITS,
+                                     "late_end": OFFSET_SPAN_BITS, "last_off": OFFSET_SPAN_BITS})
+        link = Signal(Windows, name="windows_in")
+        m.d.sync += [link.early_len.eq(self.length_bins), link.late_off.eq(self.late_bins),
+                     link.late_end.eq(self.late_bins + self.length_bins), link.last_off.eq(last_offset)]
         hits_e, hits_l, hits_v, offsets = [], [], [], []
         for i in range(c):
+            w = Signal(Windows, name=f"windows_{i}")
+            m.d.sync += w.eq(link)
+            link = w
             tag = self.tags[i]
             d = Signal(TIME_BITS + 1, name=f"d_{i}")
             d2 = Signal(TIME_BITS + 1, name=f"d_lost_{i}")
@@ -227,9 +241,9 @@ class HeraldUnit(wiring.Component):
             ]
             # stage W: in order tag, lost edge (the lowest channel's tag is the first click)
             for hits, mask, inside in (
-                    (hits_e, self.detector_mask, lambda o: o < early_len),
-                    (hits_l, self.detector_mask, lambda o: (o >= late_off) & (o < late_end)),
-                    (hits_v, self.veto_mask, lambda o: o <= last_off)):
+                    (hits_e, self.detector_mask, lambda o: o < w.early_len),
+                    (hits_l, self.detector_mask, lambda o: (o >= w.late_off) & (o < w.late_end)),
+                    (hits_v, self.veto_mask, lambda o: o <= w.last_off)):
                 for k, (nr, o) in enumerate(((near, off), (near2, off2))):
                     h = Signal(name=f"hit_{len(hits)}_{k}_{i}")
                     m.d.sync += h.eq(mask[i] & nr & inside(o))
@@ -273,8 +287,6 @@ class HeraldUnit(wiring.Component):
             with m.If(acc_n == 0):
                 m.d.sync += [acc_ch.eq(ch), acc_t.eq(t)]
 
-        last_offset = Signal(OFFSET_SPAN_BITS)
-        m.d.comb += last_offset.eq(Mux(self.rule == RULE_TWO, self.late_bins, 0) + self.length_bins - 1)
         m.d.sync += self.late.eq(0)
         with m.If(take):
             off = (self.rule == RULE_OFF) | (self.length_bins == 0)
@@ -284,10 +296,6 @@ class HeraldUnit(wiring.Component):
             m.d.sync += [
                 active.eq(~(head_late | off)), start.eq(s), attempt_no.eq(head.number),
                 two.eq(self.rule == RULE_TWO), single.eq(self.rule == RULE_SINGLE),
-                early_len.eq(self.length_bins),
-                late_off.eq(self.late_bins),
-                late_end.eq(self.late_bins + self.length_bins),
-                last_off.eq(last_offset),
                 last_bin.eq(s + last_offset),
                 early_n.eq(0), late_n.eq(0), veto.eq(0),
             ]
