@@ -19,11 +19,11 @@ that had clicked in it (exactly min_fold of them), ``coincidence`` = 1. Several 
 completed by one tag leave in pattern order, one per clock, holding the merger meanwhile.
 
 Timing: per tag and pattern the unit makes one compare (the tag against the window's last bin,
-registers set when the window opened, as two equalities and a 17-bit compare) and one 5-bit compare (channels seen so far, a register
-kept with the mask, against the fold needed, registered from the settings). Settings therefore
-take effect a clock after they are written, and a window keeps the length it opened with:
-change them while no tags flow (as the host does, with the channels disabled or the core in
-reset).
+registers set when the window opened, as two equalities and a 17-bit compare) and one 5-bit
+compare (channels seen so far, a register kept with the mask, against the fold needed,
+registered from the settings). Settings therefore take effect a clock after they are written,
+and a window keeps the length it opened with: change them while no tags flow (as the host does,
+with the channels disabled or the core in reset).
 """
 
 from amaranth import Cat, Module, Mux, Signal
