@@ -59,7 +59,7 @@ from qnode.firmware.events import HERALD_ATTEMPT_BITS
 from qnode.firmware.registers import DELAY_BITS
 
 from . import onehot
-from .params import TIME_BITS, WRITE_LATENCY
+from .params import HERALD_PIN_LATENCY, HERALD_RECORD_LATENCY, TIME_BITS, WRITE_LATENCY
 from .timestamper import Entry
 
 RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
@@ -69,8 +69,7 @@ ATTEMPT_QUEUE = 64  # windows in flight: >= the 49 of the reference lab
 SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
 # k + 3 all clicks shown, k + 4 offsets, k + 5 compared and accumulated, k + 6 decision,
 # k + 7 record, k + 8 pin
-RECORD_LATENCY = SEEN_LATENCY + 4
-PIN_LATENCY = RECORD_LATENCY + 1
+RECORD_LATENCY, PIN_LATENCY = HERALD_RECORD_LATENCY, HERALD_PIN_LATENCY
 OFFSET_BITS = 32
 LENGTH_BITS = 16
 PIN_CLOCKS_BITS = 16

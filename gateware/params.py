@@ -27,6 +27,10 @@ within delay_max + FIFO backlog (< 2**17 bins) of every other, so 24 bits are ex
 WRITE_LATENCY = 3  # clocks from the input word to the ChannelFifo write
 VISIBLE_LATENCY = 2  # SyncFIFOBuffered: written at w, at the head no earlier than w + 2
 HORIZON_CLOCKS = WRITE_LATENCY + 1
+# The herald unit (gateware/herald.py): from the sample word holding an attempt's last window
+# bin, the HERALD record is valid 4 clocks after the tags are seen, the pin a clock after that.
+HERALD_RECORD_LATENCY = WRITE_LATENCY + 4
+HERALD_PIN_LATENCY = HERALD_RECORD_LATENCY + 1
 
 
 

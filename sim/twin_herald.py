@@ -16,14 +16,13 @@ from dataclasses import dataclass, field
 import numba
 import numpy as np
 
-from qnode.gateware.params import WRITE_LATENCY
+from qnode.gateware.params import HERALD_PIN_LATENCY, HERALD_RECORD_LATENCY, WRITE_LATENCY
 
 # Keep in step with gateware/herald.py (pure numbers: the twin does not import Amaranth).
 RULE_OFF, RULE_SINGLE, RULE_TWO = 0, 1, 2
 OUTCOME_PSI_PLUS, OUTCOME_PSI_MINUS, OUTCOME_TWO_SAME, OUTCOME_TWO_DIFFERENT = 1, 2, 3, 4
 SEEN_LATENCY = WRITE_LATENCY
-RECORD_LATENCY = SEEN_LATENCY + 4  # the HERALD record; the pin a clock later
-PIN_LATENCY = RECORD_LATENCY + 1
+RECORD_LATENCY, PIN_LATENCY = HERALD_RECORD_LATENCY, HERALD_PIN_LATENCY
 QUEUE_LATENCY = 4  # the sync tag registered, written at P + 1, at the queue's head at P + 3,
 # in the next-attempt register at P + 4
 ATTEMPT_BITS = 18
