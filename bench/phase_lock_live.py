@@ -146,6 +146,7 @@ def run_live(module, seconds: float, warm_up_s: float, settings: dict | None = N
         "sim_clock_offset_ms": clock_offset_ms,
         "loop_latency_s": status.get("latency_s"),
         "relocks": status["relocks"], "sign_flips": status["sign_flips"], "state": status["state"],
+        "stale_steps": status.get("stale_steps"),  # steps that held the actuator: data too old
         "scored_s": len(residual) * SAMPLE_PS * 1e-12,
     }
 
@@ -177,7 +178,7 @@ def main() -> None:
     keys = [("true_rms_deg", "true RMS (deg)"), ("true_rms_locked_deg", "true RMS locked"),
             ("true_p95_abs_deg", "true |res| p95"), ("own_rms_deg", "own estimate RMS"),
             ("steps_with_bursts_per_s", "updates/s"), ("event_age_ms_median", "event age at step (ms)"),
-            ("relocks", "relocks"), ("sign_flips", "sign flips")]
+            ("relocks", "relocks"), ("sign_flips", "sign flips"), ("stale_steps", "stale steps")]
     table = Table(title=f"daemon phase lock, reference sim lab, {args.seconds:.0f} s runs, median of {args.runs}")
     table.add_column("code")
     for _, label in keys:

@@ -596,7 +596,7 @@ def simulate_lock(config=None, *, duration_s: float = 1.0, settings: PhaseLockSe
 # --- the daemon's loop: the controller fed from the live event stream ------------------------
 
 LOOP_KEYS = {"channel_plus", "channel_minus", "actuator", "burst_offset_ps", "latency_s", "latency_max_s",
-             "newest_bursts"}
+             "newest_bursts", "max_data_age_s"}
 
 
 def command_delay_s(burst_t_s: np.ndarray, imbalance: np.ndarray, command_t_s: np.ndarray,
@@ -646,6 +646,10 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
     it from the jumps the loop's own steps make in the bursts (:func:`command_delay_s`), waiting
     ``latency_max_s`` after each command until it has.
 
+    Stale data is not acted on: when the newest event trails the event time the light has
+    reached by more than ``max_data_age_s`` (the stream stopped, or the host or the FPGA fell
+    behind), the step holds the actuator and the status says ``stale``, until fresh events come.
+
     ``reference``: the lab's reference-light timing (``cycle_ps``, ``burst_ps``), e.g. the sim's
     ``[sim.reference]``; settings ``cycle_s``/``burst_s`` override it.
     """
@@ -670,11 +674,15 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             self.latency_max_s = 0.5
             self.measured_latency_s: float | None = None
             self.newest_bursts = 5
+            self.max_data_age_s = 0.2
+            self.data_age_s: float | None = None
+            self.stale_steps = 0
             self.controller.set(burst_s=self.burst_ps * 1e-12)
             self.actuator = actuator
             self._counts: dict[int, list[int]] = {}  # cycle index -> [n+, n-], not yet complete
             self._history: deque = deque(maxlen=self.HISTORY_BURSTS)  # (cycle, n+, n-), complete
             self._latest_cycle = -1
+            self._newest_event_s: float | None = None
             self._arrival_offsets_s: deque = deque(maxlen=200)  # wall clock minus newest event time
             self._commands: deque = deque(maxlen=1000)  # (event time s, phase step rad)
             self._valid_from_cycle = -1
@@ -695,6 +703,9 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             latency_max = float(loop_keys.get("latency_max_s", self.latency_max_s))
             if latency_max <= 0:
                 raise ValueError(f"phase lock: latency_max_s must be > 0, got {latency_max}")
+            max_age = float(loop_keys.get("max_data_age_s", self.max_data_age_s))
+            if max_age <= 0:
+                raise ValueError(f"phase lock: max_data_age_s must be > 0 s, got {max_age}")
             self.controller.set(**{k: v for k, v in changes.items() if k not in LOOP_KEYS})
             self.channel_plus = int(loop_keys.get("channel_plus", self.channel_plus))
             self.channel_minus = int(loop_keys.get("channel_minus", self.channel_minus))
@@ -702,6 +713,7 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             self.latency_s = None if latency == "auto" else float(latency)
             self.latency_max_s = latency_max
             self.newest_bursts = max(1, int(loop_keys.get("newest_bursts", self.newest_bursts)))
+            self.max_data_age_s = max_age
 
         def feed(self, events: np.ndarray) -> None:
             arrived_s = time.monotonic()
@@ -714,13 +726,19 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             cycle = t // cycle_ps
             inside = (t - cycle * cycle_ps) < burst_ps
             with self._feed_lock:
+                # every cycle the stream covers gets a burst, a dark one (no clicks) too: that
+                # is how the controller sees the reference light gone
+                for c in range(max(self._latest_cycle, int(cycle[0]), int(cycle[-1]) - self.HISTORY_BURSTS),
+                               int(cycle[-1]) + 1):
+                    self._counts.setdefault(c, [0, 0])
                 for side, channel in ((0, self.channel_plus), (1, self.channel_minus)):
                     sel = inside & (ch == channel)
                     cycles, counts = np.unique(cycle[sel], return_counts=True)
                     for c, n in zip(cycles.tolist(), counts.tolist()):
                         self._counts.setdefault(c, [0, 0])[side] += n
                 self._latest_cycle = max(self._latest_cycle, int(cycle[-1]))
-                self._arrival_offsets_s.append(arrived_s - int(t[-1]) * 1e-12)
+                self._newest_event_s = int(t[-1]) * 1e-12
+                self._arrival_offsets_s.append(arrived_s - self._newest_event_s)
                 for c in sorted(c for c in self._counts if c < self._latest_cycle):
                     self._history.append((c, *self._counts.pop(c)))
 
@@ -752,8 +770,23 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             if delay is not None:
                 self.measured_latency_s = delay + self.SETTLE_S
 
+        def _stale(self) -> bool:
+            """The newest event trails the light by more than max_data_age_s: hold still."""
+            now_s = self._event_now_s()
+            with self._feed_lock:
+                newest_s = self._newest_event_s
+            self.data_age_s = None if now_s is None or newest_s is None else max(0.0, now_s - newest_s)
+            if self.data_age_s is None or self.data_age_s <= self.max_data_age_s:
+                return False
+            self.stale_steps += 1
+            self.waiting = (f"the newest event is {self.data_age_s:.2f} s old (max_data_age_s "
+                            f"{self.max_data_age_s:g} s): the actuator holds {self.controller.command_v:.3f} V")
+            return True
+
         def step(self) -> None:
             self._measure_delay()
+            if self._stale():
+                return
             c = self.controller
             delay_s = self._delay_s()
             # the newest bursts that show the last command (from the history's end: it holds
@@ -813,6 +846,10 @@ def make_phase_lock_loop(name: str, loop_config, *, reference=None, actuator=Non
             status["waiting"] = self.waiting
             status["latency_s"] = self._delay_s()
             status["latency_measured"] = self.latency_s is None and self.measured_latency_s is not None
+            status["data_age_s"] = self.data_age_s
+            status["stale_steps"] = self.stale_steps
+            if self.data_age_s is not None and self.data_age_s > self.max_data_age_s:
+                status["state"], status["locked"] = "stale", False
             return status
 
     return _PhaseLockLoop()

@@ -273,3 +273,69 @@ def test_acoustic_line_feed_forward_is_off_when_the_cycle_cannot_resolve_it():
     assert lock.status()["line_deg"] == 0.0 and lock.status()["locked"]
     off = PhaseLock(PhaseLockSettings(line_hz=0.0))
     assert off._line_step(0.1) == 0.0
+
+
+def _bursts(first_cycle, n_cycles, *, counts=(60, 40), cycle_ps=1_000_000_000, burst_ps=100_000_000):
+    """Events of ``n_cycles`` reference cycles: ``counts`` (D+ on 3, D- on 4) spread over each
+    burst, and one click on channel 1 at the end of each cycle (the herald light goes on)."""
+    from qnode.firmware.events import EVENT_DTYPE, Kind
+
+    rows = []
+    for c in range(first_cycle, first_cycle + n_cycles):
+        start = c * cycle_ps
+        for channel, n in zip((3, 4), counts):
+            rows += [(start + (k + 1) * burst_ps // (n + 1), channel) for k in range(n)]
+        rows.append((start + cycle_ps - 1000, 1))
+    rows.sort()
+    events = np.zeros(len(rows), dtype=EVENT_DTYPE)
+    events["time_ps"] = [r[0] for r in rows]
+    events["channel"] = [r[1] for r in rows]
+    events["kind"] = Kind.TAG
+    return events
+
+
+def _live_loop(writes, **settings):
+    from types import SimpleNamespace
+
+    from qnode.host.phase_lock import make_phase_lock_loop
+
+    config = SimpleNamespace(period_s=0.02, missed_period="skip", settings={"latency_s": 0.0, **settings})
+    reference = SimpleNamespace(cycle_ps=1_000_000_000, burst_ps=100_000_000)
+    return make_phase_lock_loop("phase_lock", config, reference=reference, actuator=writes.append)
+
+
+def test_daemon_loop_holds_the_actuator_on_stale_data_and_says_so():
+    import time
+
+    writes = []
+    loop = _live_loop(writes, max_data_age_s=0.1)
+    loop.feed(_bursts(0, 20))
+    loop.step()
+    assert len(writes) == 1 and loop.status()["state"] == "acquiring"
+    time.sleep(0.15)  # no events for longer than max_data_age_s: the stream stopped
+    loop.step()
+    status = loop.status()
+    assert len(writes) == 1, "a command was written from stale data"
+    assert status["state"] == "stale" and not status["locked"] and status["data_age_s"] > 0.1
+    assert status["stale_steps"] == 1 and "old" in status["waiting"]
+    # fresh events again (the event time moves on with the wall clock): the loop goes on
+    time.sleep(0.03)
+    loop.feed(_bursts(20, 200))
+    loop.step()
+    assert len(writes) == 2 and loop.status()["state"] != "stale"
+    with pytest.raises(ValueError, match="max_data_age_s"):
+        loop.set({"max_data_age_s": 0})
+
+
+def test_daemon_loop_sees_dark_bursts_as_the_reference_light_gone():
+    writes = []
+    loop = _live_loop(writes)
+    loop.feed(_bursts(0, 20))
+    loop.step()
+    held_v = writes[-1]
+    # the reference light goes out: only the other channels click, so the bursts have no counts
+    loop.feed(_bursts(20, 20, counts=(0, 0)))
+    loop.step()
+    status = loop.status()
+    assert status["state"] == "no_reference" and loop.waiting is None
+    assert writes[-1] == pytest.approx(held_v, abs=1e-9), "the actuator moved in the dark"
