@@ -19,7 +19,8 @@ that had clicked in it (exactly min_fold of them), ``coincidence`` = 1. Several 
 completed by one tag leave in pattern order, one per clock, holding the merger meanwhile.
 
 Timing: per tag and pattern the unit makes one compare (the tag against the window's last bin,
-registers set when the window opened, as two equalities and a 17-bit compare) and one 5-bit
+registers set when the window opened: a 17-bit compare of the low bits, the high bits' block
+from two equalities against the last tag's that all patterns share) and one 5-bit
 compare (channels seen so far, a register kept with the mask, against the fold needed,
 registered from the settings). Settings therefore take effect a clock after they are written,
 and a window keeps the length it opened with: change them while no tags flow (as the host does,
@@ -111,6 +112,20 @@ class CoincidenceUnit(wiring.Component):
         bit = Signal(MASK_BITS)
         m.d.comb += bit.eq(1 << arriving.channel)
 
+        # The high part of t (above LOW_BITS) against the last tag's, shared by all patterns:
+        # the same block (``same_hi``), the next one (``next_hi``) or further. Each pattern
+        # keeps how far the last tag's block is past its window's opening block (``ahead``:
+        # 0, 1 or 2 = two or more; the stream is time-ordered, so blocks never go back), and
+        # adds this step to it. So the per-tag test of an open window needs no compare of its
+        # own on the high bits: two shared equalities instead of two per pattern.
+        t_lo, t_hi = t[:LOW_BITS], t[LOW_BITS:]
+        last_hi = Signal(len(t_hi))
+        last_hi_next = Signal(len(t_hi))  # last_hi + 1, registered: no adder on the path
+        same_hi, next_hi = Signal(), Signal()
+        m.d.comb += [same_hi.eq(t_hi == last_hi), next_hi.eq(t_hi == last_hi_next)]
+        with m.If(take & self.merged.valid & is_tag):
+            m.d.sync += [last_hi.eq(t_hi), last_hi_next.eq(t_hi + 1)]
+
         # Per pattern, kept short for timing: the window's last bin ``close`` = opened + window
         # is a register set when the window opens (one compare, no subtract, per tag), the
         # number of distinct channels seen so far is a register kept with ``seen`` (no popcount
@@ -126,20 +141,21 @@ class CoincidenceUnit(wiring.Component):
             m.d.sync += need.eq(Mux(self.min_folds[p] == 0,
                                     sum(self.masks[p][i] for i in range(MASK_BITS)),
                                     self.min_folds[p]))
-            # t > close without a 57-bit compare: the window is < 2**16 bins, so its last bin
+            # t > close without a 56-bit compare: the window is < 2**16 bins, so its last bin
             # (close) is in the opening tag's block of 2**LOW_BITS bins or, when the low sum
             # carried (``crossed``), the next one; and no tag is earlier than the one that
-            # opened it (the stream is time-ordered). So t <= close is two equalities of the
-            # high parts and one 17-bit compare, side by side.
+            # opened it (the stream is time-ordered). So t <= close is the block t is in
+            # (from ``ahead`` and the shared equalities) and one 17-bit compare.
             close_lo = Signal(LOW_BITS, name=f"close_lo_{p}")
-            close_hi = Signal(len(t) - LOW_BITS + 1, name=f"close_hi_{p}")
             crossed = Signal(name=f"crossed_{p}")
-            t_lo, t_hi = t[:LOW_BITS], t[LOW_BITS:]
+            ahead = Signal(2, name=f"ahead_{p}")
+            in_first, in_second = Signal(name=f"in_first_{p}"), Signal(name=f"in_second_{p}")
+            m.d.comb += [in_first.eq((ahead == 0) & same_hi),
+                         in_second.eq(((ahead == 0) & next_hi) | ((ahead == 1) & same_hi))]
             low_in = Signal(name=f"low_in_{p}")
             m.d.comb += low_in.eq(t_lo <= close_lo)
             inside = Signal(name=f"inside_{p}")
-            m.d.comb += inside.eq(((t_hi == opened[p][LOW_BITS:]) & (crossed | low_in))
-                                  | ((t_hi == close_hi) & crossed & low_in))
+            m.d.comb += inside.eq((in_first & (crossed | low_in)) | (in_second & crossed & low_in))
             fold = Signal(FOLD_BITS, name=f"fold_{p}")  # distinct channels in seen[p]
             outside = Signal(name=f"outside_{p}")
             m.d.comb += outside.eq(~is_open[p] | ~inside)
@@ -148,11 +164,13 @@ class CoincidenceUnit(wiring.Component):
             done = Signal(name=f"completes_{p}")
             m.d.comb += done.eq(member & Mux(outside, need == 1, fresh & (fold + 1 == need)))
             completes.append(done)
+            with m.If(take & self.merged.valid & is_tag):
+                m.d.sync += ahead.eq(Mux(in_first, 0, Mux(in_second, 1, 2)))
             with m.If(take & self.merged.valid & member):
                 with m.If(outside):
                     low_sum = t_lo + self.windows[p]
                     m.d.sync += [opened[p].eq(t), close_lo.eq(low_sum[:LOW_BITS]),
-                                 crossed.eq(low_sum[LOW_BITS]), close_hi.eq(t_hi + low_sum[LOW_BITS]),
+                                 crossed.eq(low_sum[LOW_BITS]), ahead.eq(0),
                                  is_open[p].eq(1), seen[p].eq(bit), fold.eq(1)]
                 with m.Else():
                     m.d.sync += [seen[p].eq(seen[p] | bit), fold.eq(fold + fresh)]

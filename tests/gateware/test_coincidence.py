@@ -146,6 +146,30 @@ def test_random_stream_against_the_twin_and_the_host(seed):
     assert list(host.counts) == list(coincidences(t, ch, masks, windows, folds).counts)
 
 
+@pytest.mark.parametrize("seed", [5, 6])
+def test_windows_across_high_part_blocks_against_the_twin(seed):
+    # The unit tests a window's high time bits per block of 2**LOW_BITS bins, tracked from tag
+    # to tag: clicks close to block edges, windows that carry into the next block, gaps of
+    # exactly one and two blocks and far ones, non-member tags in between and long windows.
+    from qnode.gateware.coincidence import LOW_BITS
+
+    rng = np.random.default_rng(seed)
+    block = 1 << LOW_BITS
+    edges = np.cumsum(rng.choice([0, 1, 1, 2, 3, 1000], 40)) * block
+    t = (edges[:, None] + rng.integers(-70_000, 70_000, (len(edges), 8))).ravel()  # 8 clicks per edge
+    t = t[t >= 0]
+    ch = rng.integers(0, 6, len(t))
+    order = np.lexsort((ch, t))
+    stream = [(int(a), int(b)) for a, b in zip(t[order], ch[order])]
+    patterns = [(0b11, 65_535, 2), (0b111, 40_000, 2), (0b1010, 30_000, 0), (0b110000, 65_535, 1)]
+    out, counts = run(stream, patterns, ready_every=2)
+    t, ch = t[order], ch[order]
+    masks, windows, folds = zip(*patterns)
+    rows, twin_counts = marked_stream(t, ch, masks, windows, folds, (1 << len(patterns)) - 1)
+    assert out == [tuple(int(x) for x in r) for r in rows]
+    assert counts[:len(patterns)] == list(twin_counts) and min(counts[:3]) > 3
+
+
 def test_one_entry_per_clock_when_no_record_is_owed():
     # the unit must not slow the merger's 1 event/clock: 40 entries, no coincidence, ready always
     dut = CoincidenceUnit()
