@@ -74,7 +74,6 @@ class Packer(wiring.Component):
         # The record in hand, and which of its words is next.
         busy = Signal()
         second = Signal()  # 0: its main word, 1: its SAME_CLOCK loss record
-        single = Signal()  # the main word stands for one event (TAG, COINCIDENCE, HERALD)
         main_kind = Signal(4)  # the main word's kind, aux and channel field, set when taken
         main_aux = Signal(AUX_BITS)
         word_channel = Signal(6)
@@ -97,15 +96,14 @@ class Packer(wiring.Component):
         # rec_epoch != epoch_sent, kept as a register: set from parallel compares whenever the
         # record in hand or epoch_sent changes, so no 24-bit compare sits on the control path
         epoch_differs = Signal()
+        # What a drop of the word in hand adds to its channel's OUTPUT loss (1 for a TAG,
+        # COINCIDENCE or HERALD word, the count of a loss record), and that less
+        # LOSS_COUNT_MAX: registers, set with the record and when its second word comes up, so
+        # the pending sums start from flip-flops and a flush and a drop in one clock cost one
+        # adder, not two in a row
         drop_count = Signal(PENDING_BITS)
-        m.d.comb += drop_count.eq(Mux(single & ~second, 1, count))
-        # drop_count - LOSS_COUNT_MAX from registers (count_less is set with count), so a flush
-        # and a drop in one clock cost one adder, not two in a row
-        count_less = Signal(PENDING_BITS + 1)
         drop_less = Signal(PENDING_BITS + 1)
-        m.d.comb += drop_less.eq(Mux(single & ~second,
-                                     (1 - LOSS_COUNT_MAX) & ((1 << (PENDING_BITS + 1)) - 1),
-                                     count_less))
+        one_less = (1 - LOSS_COUNT_MAX) & ((1 << (PENDING_BITS + 1)) - 1)
 
         main_word = Cat(time[:WORD_TIME_BITS], main_aux, word_channel, main_kind)
         same_clock_word = event_word(Kind.LOSS, word_channel,
@@ -132,7 +130,8 @@ class Packer(wiring.Component):
         with m.If(advance):
             m.d.sync += second.eq(~second & has_second)
             with m.If(~second & has_second):
-                m.d.sync += epoch_differs.eq(time2_sum[WORD_TIME_BITS:] != epoch_sent)
+                m.d.sync += [epoch_differs.eq(time2_sum[WORD_TIME_BITS:] != epoch_sent),
+                             drop_count.eq(count), drop_less.eq(count - LOSS_COUNT_MAX)]
             with m.If(finishing):
                 m.d.sync += busy.eq(0)
 
@@ -188,19 +187,20 @@ class Packer(wiring.Component):
         ]
         with m.If(take_herald):
             m.d.sync += [
-                busy.eq(1), second.eq(0), single.eq(1), main_kind.eq(Kind.HERALD),
+                busy.eq(1), second.eq(0), main_kind.eq(Kind.HERALD),
                 main_aux.eq(Cat(herald.attempt, herald.outcome)),
                 word_channel.eq(herald.channel), channel.eq(herald.channel),
                 time.eq(herald.time), gap.eq(0), count.eq(0), has_second.eq(0),
+                drop_count.eq(1), drop_less.eq(one_less),
                 epoch_differs.eq(herald.time[WORD_TIME_BITS:] != epoch_sent),
             ]
         with m.Elif(flush):
             m.d.sync += [
-                busy.eq(1), second.eq(0), single.eq(0), main_kind.eq(Kind.LOSS),
+                busy.eq(1), second.eq(0), main_kind.eq(Kind.LOSS),
                 main_aux.eq(Cat(chunk[:COUNT_BITS], Const(LossReason.OUTPUT, 4))),
                 word_channel.eq(flush_channel), channel.eq(flush_channel),
                 time.eq(flush_time), gap.eq(0),
-                count.eq(chunk), count_less.eq(chunk - LOSS_COUNT_MAX),
+                count.eq(chunk), drop_count.eq(chunk), drop_less.eq(chunk - LOSS_COUNT_MAX),
                 has_second.eq(0),
                 epoch_differs.eq(flush_epoch_differs),
             ]
@@ -209,7 +209,7 @@ class Packer(wiring.Component):
             entry = rec.entry
             is_loss = entry.loss & ~rec.coincidence
             m.d.sync += [
-                busy.eq(1), second.eq(0), single.eq(~is_loss),
+                busy.eq(1), second.eq(0),
                 main_kind.eq(Mux(rec.coincidence, Kind.COINCIDENCE,
                                  Mux(entry.loss, Kind.LOSS, Kind.TAG))),
                 main_aux.eq(Mux(rec.coincidence, entry.count,
@@ -217,7 +217,8 @@ class Packer(wiring.Component):
                                     0))),
                 word_channel.eq(rec.channel), channel.eq(rec.source), time.eq(entry.time),
                 gap.eq(entry.gap), count.eq(entry.count),
-                count_less.eq(entry.count - LOSS_COUNT_MAX),
+                drop_count.eq(Mux(is_loss, entry.count, 1)),
+                drop_less.eq(Mux(is_loss, entry.count - LOSS_COUNT_MAX, one_less)),
                 has_second.eq(~entry.loss & ~rec.coincidence & (entry.count != 0)),
                 # marked's payload comes from registers (the merger's root or the skid
                 # buffer behind the coincidence unit), so the compare starts from flip-flops
