@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from qnode.host.phase_lock import PhaseFilter, PhaseLock, PhaseLockSettings, simulate_lock, wrap_rad
+from qnode.host.phase_lock import (PhaseFilter, PhaseLock, PhaseLockSettings, forced_rewinds, simulate_lock,
+                                   wrap_rad)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,17 @@ def test_two_pi_kick_relocks_within_10_ms(kicked_run):
     relock = kicked_run.relock_ms(0.6007)
     assert relock is not None and relock <= 10.0
     assert kicked_run.rms_deg(0.62, 0.8) <= 10.0
+
+
+def test_stretcher_rewound_by_2_pi_relocks_within_10_ms():
+    # The scenario's stretcher (1 ms response) rewound by one fringe four times, down and up:
+    # the phase sweeps a fringe while it moves, and the lock is back within a few ms.
+    on_cycle, rewound_s = forced_rewinds(every_cycles=100, after_cycles=100)
+    run = simulate_lock(duration_s=0.55, seed=4, on_cycle=on_cycle)
+    assert len(rewound_s) == 4 and run.controller.rewinds == 4
+    relocks = [run.relock_ms(t) for t in rewound_s]
+    assert all(r is not None and r <= 10.0 for r in relocks), f"relock after rewinds: {relocks} ms"
+    assert max(run.actuator_v) - min(run.actuator_v) > 4.0  # whole fringes (4 V) were jumped
 
 
 def test_reference_light_gone_the_loop_waits_and_relocks_when_it_returns():
@@ -236,8 +248,9 @@ def test_daemon_runs_the_phase_lock_loop_with_settings_and_status():
                 if status["bursts"] > 0 and status["cycles"] > 3:
                     break
         assert status["bursts"] > 0 and status["errors"] == 0, status
-        assert status["state"] in ("acquiring", "relocking", "locked")
-        assert 0.0 <= status["actuator_v"] <= 150.0
+        # 'stale' too: on a loaded machine the newest events can trail by more than 0.2 s
+        assert status["state"] in ("acquiring", "relocking", "locked", "stale"), status
+        assert 0.0 <= status["actuator_v"] <= 150.0, status
         changed = client.call("loops.set", name="phase_lock", settings={"setpoint_deg": 60.0})
         assert changed["settings"]["setpoint_deg"] == 60.0 and changed["running"]
         with pytest.raises(ApiError, match="setpont"):
