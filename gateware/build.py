@@ -131,7 +131,10 @@ def _ulx3s_platform():
     return platform
 
 
-def plan_ulx3s(*, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16, seed: int = 2,
+DEFAULT_SEED = 2  # nextpnr's placement seed unless one is given (see nextpnr_opts)
+
+
+def plan_ulx3s(*, channels: int = 8, fifo_depth: int = 16, output_depth: int = 16, seed: int = DEFAULT_SEED,
                baud: int | None = None, synth_opts: str = SYNTH_OPTS, coincidence: bool = True,
                herald: bool = True, gateware_hash: str = "0" * 16):
     """(platform, top, build plan) of the ULX3S design; elaboration only, no tools run.
@@ -165,7 +168,7 @@ def ulx3s_content_hash(**options) -> str:
 
 
 def build_ulx3s(build_dir: str | Path = "build/ulx3s", *, channels: int = 8, fifo_depth: int = 16,
-                output_depth: int = 16, seed: int = 2, baud: int | None = None,
+                output_depth: int = 16, seed: int = DEFAULT_SEED, baud: int | None = None,
                 synth_opts: str = SYNTH_OPTS, coincidence: bool = True, herald: bool = True,
                 force: bool = False) -> BuildReport:
     from . import ulx3s

@@ -4,6 +4,8 @@ import json
 
 import click
 
+from .build import DEFAULT_SEED  # build.py imports no toolchain at module level
+
 
 @click.group()
 def gateware():
@@ -14,7 +16,7 @@ def gateware():
 @click.option("--board", type=click.Choice(["ulx3s"]), default="ulx3s", show_default=True)
 @click.option("--build-dir", default="build/ulx3s", show_default=True)
 @click.option("--channels", default=8, show_default=True)
-@click.option("--seed", default=2, show_default=True,
+@click.option("--seed", default=DEFAULT_SEED, show_default=True,
               help="nextpnr placement seed (routing convergence depends on it: docs/gateware.md Timing)")
 @click.option("--baud", default=3_000_000, show_default=True, help="link UART baud rate")
 @click.option("--synth-opts", default=None, help="extra yosys synth_ecp5 options (default: the build's own)")
