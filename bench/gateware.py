@@ -102,12 +102,13 @@ def main():
     args = parser.parse_args()
 
     seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
-    by_seed = {}
     if seeds and args.no_build:
         parser.error("--seeds builds: it cannot go with --no-build")
-    for seed in [s for s in seeds if s != DEFAULT_SEED]:  # the default seed's build goes last,
-        r = build_ulx3s(BUILD_DIR, seed=seed, coincidence=not args.no_coincidence,  # so it is the
-                        herald=not args.no_herald)  # one build/ulx3s holds
+    by_seed = {}
+    # the other seeds first: the default seed's build, last, is the one build/ulx3s then holds
+    for seed in [s for s in seeds if s != DEFAULT_SEED]:
+        r = build_ulx3s(BUILD_DIR, seed=seed, coincidence=not args.no_coincidence,
+                        herald=not args.no_herald)
         by_seed[seed] = r
         print(f"seed {seed}: {r.fmax_mhz} MHz (capture {r.capture_fmax_mhz} MHz), "
               f"{'cached' if r.cached else f'built in {r.seconds:.0f} s'}", flush=True)
