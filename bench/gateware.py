@@ -9,7 +9,7 @@ from PyPI) takes about ten minutes here, or nothing when the design is cached (g
 
 ``--seeds``: place and route once per nextpnr seed as well (about ten minutes each, one after
 the other) and report each seed's fmax with their median: on this design the seed moves the
-routed figure by 6 MHz and more, so one build is no measure of a change.
+routed figure by 5-27 MHz, so one build is no measure of a change.
 """
 
 from __future__ import annotations
@@ -104,22 +104,24 @@ def main():
     seeds = sorted({int(s) for s in args.seeds.split(",") if s.strip()})
     if seeds and args.no_build:
         parser.error("--seeds builds: it cannot go with --no-build")
-    by_seed = {}
+
+    def build(seed):  # cached (seconds) when this design was built before
+        return build_ulx3s(BUILD_DIR, seed=seed, coincidence=not args.no_coincidence,
+                           herald=not args.no_herald)
+
     # the other seeds first: the default seed's build, last, is the one build/ulx3s then holds
+    by_seed = {}
     for seed in [s for s in seeds if s != DEFAULT_SEED]:
-        r = build_ulx3s(BUILD_DIR, seed=seed, coincidence=not args.no_coincidence,
-                        herald=not args.no_herald)
-        by_seed[seed] = r
+        by_seed[seed] = r = build(seed)
         print(f"seed {seed}: {r.fmax_mhz} MHz (capture {r.capture_fmax_mhz} MHz), "
               f"{'cached' if r.cached else f'built in {r.seconds:.0f} s'}", flush=True)
     if args.no_build:
         report = report_from_build_dir(BUILD_DIR).as_dict()
-    else:  # cached (seconds) when this design was built before
-        built = build_ulx3s(BUILD_DIR, seed=DEFAULT_SEED, coincidence=not args.no_coincidence,
-                            herald=not args.no_herald)
-        report = built.as_dict()
+    else:
+        default = build(DEFAULT_SEED)
+        report = default.as_dict()
         if seeds:
-            by_seed[DEFAULT_SEED] = built
+            by_seed[DEFAULT_SEED] = default
     if by_seed:
         report["fmax_by_seed"] = {seed: {"fmax_mhz": r.fmax_mhz, "capture_fmax_mhz": r.capture_fmax_mhz,
                                          "critical_path": r.critical_path}
