@@ -67,6 +67,12 @@ bench-gateware-seeds: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,gateware]'
 	$(PY) bench/gateware.py --seeds 1,2,3
 
+# Every failing path of the last ULX3S build, per unit, from the SDF it wrote (seconds).
+.PHONY: bench-gateware-slack
+bench-gateware-slack: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,gateware]'
+	$(PY) bench/gateware_slack.py
+
 # The synthesised design's worst logic paths, estimated without place and route (about 5
 # minutes, yosys only; bench/results/gateware_paths.json).
 .PHONY: bench-gateware-paths

@@ -206,7 +206,7 @@ HERALD = [
              unit="bins"),
     Register("herald_length_bins", 0x0305, 16, Access.RW, 0,
              "window length: clicks at start .. start + length - 1 count", unit="bins"),
-    Register("herald_late_bins", 0x0306, 32, Access.RW, 0,
+    Register("herald_late_bins", 0x0306, 16, Access.RW, 0,
              "two-click rule: late window start after the early window start", unit="bins"),
     Register("herald_pin_clocks", 0x0307, 16, Access.RW, 1,
              "clocks the herald pin stays high after a herald (0: the pin stays low)",

@@ -155,8 +155,10 @@ def nextpnr_opts(seed: int) -> str:
     # converges depends on the seed at this congestion: the default, seed 2, routes the current
     # design (seed 1 did not); the heap placer's timing weight 40 (default 10) cut the full
     # design's wire length by 10 % and raised its routed fmax from 49 to 64 MHz (docs/gateware.md
-    # "Timing")
-    return f"--timing-allow-fail --seed {seed} --router router2 --placer-heap-timingweight 40"
+    # "Timing"); the SDF (routed delays of every net and cell) is what bench/gateware_slack.py
+    # reads to list every failing path, not only the worst
+    return (f"--timing-allow-fail --seed {seed} --router router2 --placer-heap-timingweight 40"
+            f" --sdf {NAME}.sdf")
 
 
 def ulx3s_content_hash(**options) -> str:

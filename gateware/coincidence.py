@@ -71,7 +71,16 @@ class CoincidenceUnit(wiring.Component):
         entry_sent = Signal()
         owed = Signal(p_n)
 
+        # The time of the tag that opened each pattern's window, loaded a clock after the take
+        # from ``held`` (which holds that tag then) when ``opening`` says the tag opened it: the
+        # 56-bit registers' enable is then a flip-flop, not the end of the window compare. A
+        # record reads it no earlier than two clocks after its take (the entry goes first).
         opened = [Signal(TIME_BITS, name=f"opened_{p}") for p in range(p_n)]
+        opening = [Signal(name=f"opening_{p}") for p in range(p_n)]
+        for p in range(p_n):
+            m.d.sync += opening[p].eq(0)  # set below for one clock by a tag that opens
+            with m.If(opening[p]):
+                m.d.sync += opened[p].eq(held.entry.time)
         seen = [Signal(MASK_BITS, name=f"seen_{p}") for p in range(p_n)]
         is_open = [Signal(name=f"open_{p}") for p in range(p_n)]
 
@@ -169,7 +178,7 @@ class CoincidenceUnit(wiring.Component):
             with m.If(take & self.merged.valid & member):
                 with m.If(outside):
                     low_sum = t_lo + self.windows[p]
-                    m.d.sync += [opened[p].eq(t), close_lo.eq(low_sum[:LOW_BITS]),
+                    m.d.sync += [opening[p].eq(1), close_lo.eq(low_sum[:LOW_BITS]),
                                  crossed.eq(low_sum[LOW_BITS]), ahead.eq(0),
                                  is_open[p].eq(1), seen[p].eq(bit), fold.eq(1)]
                 with m.Else():

@@ -138,18 +138,22 @@ class TimeTaggerCore(wiring.Component):
 
         clear = regs.wo["ts_counters_clear"]
         counters = {name: regs.ro[name] for name in COUNTERS}
-        # the packer's drops counted a clock late (its drop decision stays out of the adders)
-        dropped = Signal.like(packer.dropped)
-        dropped_channel = Signal.like(packer.dropped_channel)
-        m.d.sync += [dropped.eq(packer.dropped), dropped_channel.eq(packer.dropped_channel)]
         for i in range(c):
             ts = Timestamper(n)
             fifo = ChannelFifo(self.fifo_depth)
             m.submodules[f"timestamper{i}"] = ts
             m.submodules[f"fifo{i}"] = fifo
+            # Each timestamper counts its own copy of capture.sample_now (the count of the clock
+            # its word was sampled in): one register for all of them (synthesis merges copies
+            # loaded alike) was an 8.6 ns route to the farthest channel's time adders, and
+            # counters, each fed by its own output, are never merged. It equals sample_now from
+            # the clock after reset on (sample_now starts at 0 there, when no word holds an edge).
+            sample_now = Signal(coarse_bits(n), name=f"sample_now_{i}",
+                                init=(self.start_now - 1) % (1 << coarse_bits(n)))
+            m.d.sync += sample_now.eq(sample_now + 1)
             m.d.comb += [
                 ts.samples.eq(capture.samples[i]),
-                ts.sample_now.eq(capture.sample_now),
+                ts.sample_now.eq(sample_now),
                 ts.enable.eq(self._local(m, regs.rw["ts_enable"][i])),
                 ts.edge.eq(self._local(m, regs.rw["ts_edge"][i])),
                 ts.delay_bins.eq(self._local(m, regs.rw["ts_delay_bins"][i])),
@@ -167,14 +171,18 @@ class TimeTaggerCore(wiring.Component):
                 "ts_tag_count": ts.tagged,
                 "ts_same_clock_lost": ts.same_clock_lost,
                 "ts_fifo_lost": fifo.dropped,
-                "ts_output_lost": Mux(dropped_channel == i, dropped, 0),
+                "ts_output_lost": Mux(packer.dropped_channel == i, packer.dropped, 0),
             }
             for name, inc in increments.items():
+                # counted a clock late: the 32-bit adders start from flip-flops, not from the
+                # timestamper's same-clock popcount or the FIFO's and the packer's drop logic
+                inc_q = Signal(inc.shape(), name=f"{name}_inc_{i}")
+                m.d.sync += inc_q.eq(inc)
                 counter = counters[name][i]
                 with m.If(clear):
                     m.d.sync += counter.eq(0)
                 with m.Else():
-                    m.d.sync += counter.eq(counter + inc)
+                    m.d.sync += counter.eq(counter + inc_q)
         return m
 
     @staticmethod

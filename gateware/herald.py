@@ -20,7 +20,8 @@ Rules (``rule``):
 * ``RULE_TWO`` (2, Barrett-Kok): exactly one detector click in the early window
   ``[S, S + length)`` and exactly one in the late window ``[S + late_bins, S + late_bins + length)``.
   Outcome 3 when both are on the same detector (psi+), 4 when on different ones (psi-). The
-  deciding click is the late one.
+  deciding click is the late one. ``late_bins`` has 16 bits (at most 82 us at 1250 ps), so a
+  click's offset from S is 17 bits and so is every window compare.
 * Veto, with either rule: any click on a ``veto_mask`` channel from S to the end of the attempt's
   last window cancels the herald (``vetoed`` pulses; the core counts it).
 * ``RULE_OFF`` (0), or ``length_bins`` 0: attempts are counted, nothing is decided.
@@ -72,8 +73,10 @@ SEEN_LATENCY = WRITE_LATENCY  # a word sampled at k is seen here at k + 3
 RECORD_LATENCY, PIN_LATENCY = HERALD_RECORD_LATENCY, HERALD_PIN_LATENCY
 OFFSET_BITS = 32
 LENGTH_BITS = 16
+LATE_BITS = 16  # the late window within 65535 bins of the early one (82 us at 1250 ps)
 PIN_CLOCKS_BITS = 16
-OFFSET_SPAN_BITS = OFFSET_BITS + 1  # late_bins + length_bins: a click's offset from S
+# a click's offset from S, up to late_bins + length_bins: every window compare is this wide
+OFFSET_SPAN_BITS = max(LATE_BITS, LENGTH_BITS) + 1
 
 HeraldRecord = data.StructLayout({
     "channel": 6, "outcome": 4, "attempt": HERALD_ATTEMPT_BITS, "time": TIME_BITS,
@@ -97,7 +100,7 @@ class HeraldUnit(wiring.Component):
             "veto_mask": In(16),
             "offset_bins": In(OFFSET_BITS),
             "length_bins": In(LENGTH_BITS),
-            "late_bins": In(OFFSET_BITS),
+            "late_bins": In(LATE_BITS),
             "pin_clocks": In(PIN_CLOCKS_BITS),
             # results
             "pin": Out(1),
@@ -215,7 +218,7 @@ class HeraldUnit(wiring.Component):
         # of registers one link per channel: one copy for every channel's compares was a 12-15 ns
         # route across the die, and copies loaded alike would be merged by synthesis (links of a
         # chain are not). A setting reaches the last channel c + 1 clocks after it is written.
-        Windows = data.StructLayout({"early_len": LENGTH_BITS, "late_off": OFFSET_BITS,
+        Windows = data.StructLayout({"early_len": LENGTH_BITS, "late_off": LATE_BITS,
                                      "late_end": OFFSET_SPAN_BITS, "last_off": OFFSET_SPAN_BITS})
         link = Signal(Windows, name="windows_in")
         m.d.sync += [link.early_len.eq(self.length_bins), link.late_off.eq(self.late_bins),

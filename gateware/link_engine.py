@@ -74,7 +74,7 @@ def event_rate_words_per_s(baud: float, words_per_frame: int = link.MAX_EVENT_WO
 
 class LinkEngine(wiring.Component):
     """Link protocol engine. ``board``: the name IDENTIFY reports (at most 16 ASCII bytes).
-    ``read_latency``: that of the RegisterFile on the bus (1 or 2 clocks from ``addr``)."""
+    ``read_latency``: that of the RegisterFile on the bus (1, 2 or 3 clocks from ``addr``)."""
 
     def __init__(self, *, board: str, regmap: RegisterMap = REGISTER_MAP,
                  word_fifo_depth: int = 1024, max_event_words: int = link.MAX_EVENT_WORDS,
@@ -86,8 +86,8 @@ class LinkEngine(wiring.Component):
             raise ValueError(f"max_event_words must be 1..{link.MAX_EVENT_WORDS}")
         if rx_ring_bytes & (rx_ring_bytes - 1) or rx_ring_bytes < 2 * (10 + MAX_REQUEST_PAYLOAD):
             raise ValueError("rx_ring_bytes must be a power of two holding two requests")
-        if read_latency not in (1, 2):
-            raise ValueError(f"read_latency must be 1 or 2 (the RegisterFile's), not {read_latency}")
+        if read_latency not in (1, 2, 3):
+            raise ValueError(f"read_latency must be 1, 2 or 3 (the RegisterFile's), not {read_latency}")
         self.read_latency = read_latency
         self.board = board_bytes.ljust(BOARD_BYTES, b"\0")
         self.regmap = regmap

@@ -2,9 +2,10 @@
 
 A tree of registered two-way merge nodes, ``merge_levels(channels)`` levels deep (params.py):
 level 1 merges pairs of channel FIFO heads, level L merges pairs of level L-1 nodes, the root
-feeds the packer. Each node holds a two-entry output buffer; its ``space`` is its own register
-(second slot empty), so neither the consumer's ``ready`` nor any other node's decision reaches
-through a node: every clock path is one 24-bit compare, a few LUTs of decision and a 2:1 mux.
+feeds the packer. Each node holds a two-entry output buffer (a ring of two slots); its
+``space`` (a slot free) comes from its own valid bits, so neither the consumer's ``ready`` nor
+any other node's decision reaches through a node: every clock path is one 24-bit compare, a few
+LUTs of decision and the slots' input select.
 A node takes one entry per clock as long as its parent takes one, so the tree sustains one
 event per clock in aggregate.
 
@@ -59,13 +60,13 @@ class Merger(wiring.Component):
         n = self.oversampling
         mask = (1 << w) - 1
 
-        # bound[L'] = low bits of (now - HORIZON_CLOCKS - L') * N: registers counting with now
-        bounds = []
-        for lv in range(self.levels):
-            b = Signal(w, name=f"bound_{lv}",
+        def bound(name, lv):
+            """Low bits of (now - HORIZON_CLOCKS - lv) * N, a counter of the node's own: one per
+            level was a 3.3 ns route to that level's nodes (counters are never merged)."""
+            b = Signal(w, name=f"{name}_bound",
                        init=((self.start_now - HORIZON_CLOCKS - lv) * n) & mask)
             m.d.sync += b.eq(b + n)
-            bounds.append(b)
+            return b
 
         heads = []
         for i in range(1 << self.levels):
@@ -85,7 +86,8 @@ class Merger(wiring.Component):
                 if a is None and b is None:
                     parents.append(None)
                     continue
-                parents.append(self._node(m, f"n{lv}_{j}", a, b, bounds[lv - 1], lv))
+                name = f"n{lv}_{j}"
+                parents.append(self._node(m, name, a, b, bound(name, lv - 1), lv))
             heads = parents
         root = heads[0]
         m.d.comb += [
@@ -97,14 +99,26 @@ class Merger(wiring.Component):
 
     @staticmethod
     def _node(m, name, a, b, bound, level):
-        """One registered two-way merge; returns its output as the parent's child head."""
+        """One registered two-way merge; returns its output as the parent's child head.
+
+        Its two-entry buffer is a ring of two slots: a slot is loaded with the incoming value
+        in every clock it is free (whether or not the node takes one: the valid bit says), and
+        the head is the slot ``rd`` points at. So no data register's clock enable waits for a
+        decision: the take's only loads are the slots' selects and the two valid bits, and a pop
+        only moves ``rd`` (before, the parent's take shifted slot 1 into slot 0 and enabled
+        both, a few hundred loads behind a compare). The node behaves as a two-entry FIFO:
+        it takes one while it holds at most one, and shows the oldest."""
         w = COMPARE_BITS
-        v0 = Signal(name=f"{name}_v0")  # slot 0 (the head) holds an entry
-        v1 = Signal(name=f"{name}_v1")  # slot 1 holds one too: no space
-        s0 = Signal(Merged, name=f"{name}_s0")
-        s1 = Signal(Merged, name=f"{name}_s1")
-        out = _Head(v0, s0, level)
-        space = ~v1
+        v = [Signal(name=f"{name}_v{k}") for k in range(2)]  # slot k holds an entry
+        slots = [Signal(Merged, name=f"{name}_s{k}") for k in range(2)]
+        rd = Signal(name=f"{name}_rd")  # the head's slot (the older entry)
+        wr = Signal(name=f"{name}_wr")  # the slot the next entry goes to
+        head = Signal(Merged, name=f"{name}_head")
+        m.d.comb += head.eq(Mux(rd, slots[1], slots[0]))
+        valid = Signal(name=f"{name}_valid")
+        m.d.comb += valid.eq(v[0] | v[1])  # with one entry it is at rd
+        out = _Head(valid, head, level)
+        space = ~(v[0] & v[1])
 
         take_a = Signal(name=f"{name}_take_a")
         take_b = Signal(name=f"{name}_take_b")
@@ -125,25 +139,28 @@ class Merger(wiring.Component):
                 take_a.eq(space & a.valid & Mux(b.valid, a_first, a_early)),
                 take_b.eq(space & b.valid & Mux(a.valid, ~a_first, b_early)),
             ]
+            # which value a take would load: a's whenever take_a can hold (fewer inputs than
+            # take_a itself: no space, no bound)
+            sel_a = Signal(name=f"{name}_sel_a")
+            m.d.comb += sel_a.eq(a.valid & (~b.valid | a_first))
             incoming = Signal(Merged, name=f"{name}_in")
-            m.d.comb += incoming.eq(Mux(take_a, a.value, b.value))
+            m.d.comb += incoming.eq(Mux(sel_a, a.value, b.value))
         if a is not None:
             m.d.comb += a.pop.eq(take_a)
         if b is not None:
             m.d.comb += b.pop.eq(take_b)
 
         push = take_a | take_b
-        pop = out.pop
-        with m.If(v1):
-            with m.If(pop):
-                m.d.sync += [s0.eq(s1), v1.eq(0)]
-        with m.Elif(v0):
-            with m.If(push & pop):
-                m.d.sync += s0.eq(incoming)
-            with m.Elif(push):
-                m.d.sync += [s1.eq(incoming), v1.eq(1)]
-            with m.Elif(pop):
-                m.d.sync += v0.eq(0)
-        with m.Elif(push):
-            m.d.sync += [s0.eq(incoming), v0.eq(1)]
+        for k in range(2):
+            with m.If(~v[k]):
+                m.d.sync += slots[k].eq(incoming)
+        with m.If(push):
+            m.d.sync += wr.eq(~wr)
+        with m.If(out.pop):
+            m.d.sync += rd.eq(~rd)
+        for k in range(2):
+            with m.If(push & (wr == k)):
+                m.d.sync += v[k].eq(1)
+            with m.Elif(out.pop & (rd == k)):
+                m.d.sync += v[k].eq(0)
         return out

@@ -111,14 +111,25 @@ class Packer(wiring.Component):
         rec_word = Mux(second, same_clock_word, main_word)
         epoch_word = Cat(rec_epoch, Const(0, 60 - len(rec_epoch)), Const(Kind.EPOCH, 4))
 
+        # The output FIFO's room, as registers: the level counted alongside the FIFO's own,
+        # room1 (level < q) and room4 (level <= q - 4). room1 is exactly out.w_rdy (the buffered
+        # FIFO's inner part is full only with its output register loaded, at q >= 3), but from a
+        # flip-flop: the drop it decides enables every channel's pending-loss registers.
+        level = Signal(range(q + 1))
+        room1 = Signal(init=1)
+        room4 = Signal(init=1)
+        level_next = Signal(range(q + 2))
+        m.d.comb += level_next.eq(level + (out.w_en & room1) - (out.r_en & out.r_rdy))
+        m.d.sync += [level.eq(level_next), room1.eq(level_next < q), room4.eq(level_next <= q - 4)]
+
         advance = Signal()
         drop = Signal()
         with m.If(~header_sent):
             m.d.comb += [out.w_en.eq(1), out.w_data.eq(int(header_word(self.bin_ps, self.channels)))]
-            with m.If(out.w_rdy):
+            with m.If(room1):
                 m.d.sync += header_sent.eq(1)
         with m.Elif(busy):
-            with m.If(~out.w_rdy):
+            with m.If(~room1):
                 m.d.comb += [drop.eq(1), advance.eq(1)]
             with m.Elif(epoch_differs):
                 m.d.comb += [out.w_en.eq(1), out.w_data.eq(epoch_word)]
@@ -160,12 +171,6 @@ class Packer(wiring.Component):
                                                           for t in pending_time])),
         ]
 
-        # out.level <= q - 4, kept as a register: the output FIFO's level counted alongside it
-        level = Signal(range(q + 1))
-        room4 = Signal(init=1)
-        level_next = Signal(range(q + 2))
-        m.d.comb += level_next.eq(level + (out.w_en & out.w_rdy) - (out.r_en & out.r_rdy))
-        m.d.sync += [level.eq(level_next), room4.eq(level_next <= q - 4)]
 
         # Heralds wait in a short queue and go first; then pending OUTPUT losses; then the
         # marked stream. (The queue's r_rdy is a register.)

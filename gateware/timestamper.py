@@ -119,13 +119,19 @@ class Timestamper(wiring.Component):
         a_fine = Signal(range(n))
         a_first = Signal(n)
         a_allowed = Signal(n)
-        a_now = Signal(coarse_bits(n))
+        # The time's coarse part with the delay's coarse part added, and that plus one: stage B
+        # adds the fine position to the delay's low bits only and picks one of the two by the
+        # carry, so no 56-bit carry chain sits behind its priority logic.
+        a_hi = Signal(coarse_bits(n))
+        a_hi1 = Signal(coarse_bits(n))
+        delay_hi = self.delay_bins[shift:]
         m.d.sync += [
             a_hit.eq(hit),
             a_fine.eq(fine),
             a_first.eq(first),
             a_allowed.eq(allowed),
-            a_now.eq(self.sample_now),
+            a_hi.eq(self.sample_now + delay_hi),
+            a_hi1.eq(self.sample_now + delay_hi + 1),
         ]
         lost = Signal(n)
         m.d.comb += lost.eq(a_allowed & Cat(
@@ -144,9 +150,17 @@ class Timestamper(wiring.Component):
         ]
 
         # --- stage B: time in bins with the channel delay --------------------------------
+        delay_lo = self.delay_bins[:shift]
+
+        def plus_delay(fine_bin):
+            """sample clock * N + fine_bin + delay_bins, from the two registered coarse sums."""
+            lo = Signal(shift + 1)
+            m.d.comb += lo.eq(fine_bin + delay_lo)
+            return Cat(lo[:shift], Mux(lo[shift], a_hi1, a_hi))
+
         time = Signal(TIME_BITS)
-        m.d.comb += time.eq(Cat(a_fine, a_now) + self.delay_bins)
-        m.d.sync += self.lost_time.eq(Cat(first_lost, a_now) + self.delay_bins)
+        m.d.comb += time.eq(plus_delay(a_fine))
+        m.d.sync += self.lost_time.eq(plus_delay(first_lost))
         m.d.sync += [
             self.entry.valid.eq(a_hit),
             self.entry.payload.time.eq(time),

@@ -4,9 +4,10 @@ gearboxes and pads around it.
 
 The link engine is the register bus master and takes the packer's word stream; its word FIFO's
 ``ready`` back-pressures the packer, which turns what it cannot send into LOSS (OUTPUT) records.
-The register file is built with its two-stage read path (``read_latency=2``, gateware/regfile.py):
-the one-clock decode and read mux was the critical path of the ULX3S build; the link engine waits
-the extra clock. (The bare TimeTaggerCore keeps one clock, which its testbenches use.)
+The register file is built with its registered bus and two-stage read path (``read_latency=3``,
+gateware/regfile.py): the one-clock decode and read mux, and then the bus address's fan-out to
+every bank, were critical paths of the ULX3S build; the link engine waits the extra clocks. (The
+bare TimeTaggerCore keeps one clock, which its testbenches use.)
 The identity registers carry ``gateware_hash`` (16 hex digits, the manifest's content hash,
 gateware/manifest.py), so IDENTIFY and a register read both say which build is running.
 """
@@ -26,7 +27,7 @@ class LinkedTimeTagger(wiring.Component):
     def __init__(self, *, board: str, channels: int = 8, oversampling: int = 8,
                  sys_clk_hz: int = 125_000_000, baud: int = DEFAULT_BAUD,
                  gateware_hash: str = "0" * 16, fifo_depth: int = 16, output_depth: int = 16,
-                 word_fifo_depth: int = 1024, start_now: int = 0, read_latency: int = 2,
+                 word_fifo_depth: int = 1024, start_now: int = 0, read_latency: int = 3,
                  coincidence: bool = True, herald: bool = True):
         """``coincidence``/``herald``: build the core's coincidence and herald units (both by
         default; without them their registers read 0)."""

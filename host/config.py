@@ -21,6 +21,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from qnode.firmware.events import MAX_CHANNELS
+from qnode.firmware.registers import REGISTER_MAP
 
 
 class Strict(BaseModel):
@@ -152,8 +153,8 @@ class Fpga(Strict):
                 errors.append(f"{key}: {exc}")
                 return None
 
-        def fits(key, value_ps, bits):
-            top = (1 << bits) - 1
+        def fits(key, value_ps, register):
+            top = REGISTER_MAP[register].mask
             if to_bins(value_ps, self.bin_ps) > top:
                 errors.append(f"{key}: {value_ps} ps is more than the register holds ({top} bins of "
                               f"{self.bin_ps} ps = {top * self.bin_ps} ps)")
@@ -167,9 +168,9 @@ class Fpga(Strict):
                 index = ref(f"herald.{key}[{i}]", c)
                 if index is not None and index > 15:
                     errors.append(f"herald.{key}[{i}]: channel {index} does not fit the 16-bit mask (0..15)")
-        fits("herald.offset_ps", h.offset_ps, 32)
-        fits("herald.length_ps", h.length_ps, 16)
-        fits("herald.late_ps", h.late_ps, 32)
+        fits("herald.offset_ps", h.offset_ps, "herald_offset_bins")
+        fits("herald.length_ps", h.length_ps, "herald_length_bins")
+        fits("herald.late_ps", h.late_ps, "herald_late_bins")
         if h.rule != "off" and to_bins(h.length_ps, self.bin_ps) == 0:
             errors.append(f"herald.length_ps: {h.length_ps} ps rounds to 0 bins of {self.bin_ps} ps")
         if self.pin_clocks() > 0xFFFF:
@@ -183,7 +184,7 @@ class Fpga(Strict):
             known = [i for i in indices if i is not None]
             if len(set(known)) != len(known):
                 errors.append(f"coincidence[{p}].channels: a channel appears twice")
-            fits(f"coincidence[{p}].window_ps", pattern.window_ps, 16)
+            fits(f"coincidence[{p}].window_ps", pattern.window_ps, "coinc_window_bins")
         if errors:
             raise ValueError("; ".join(errors))
 

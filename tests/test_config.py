@@ -56,6 +56,8 @@ def _broken(old: str, new: str) -> str:
         ('detectors = ["bsm_plus", "bsm_minus"]', "detectors = []",
          "fpga.herald: rule 'single_click' needs detectors"),
         ('rule = "single_click"', 'rule = "two_click"', "fpga.herald: two_click: late_ps (0) must be at least"),
+        ('rule = "single_click"', 'rule = "two_click"\nlate_ps = 70_000_000',
+         "fpga: herald.late_ps: 70000000 ps is more than the register holds (65535 bins of 1000 ps"),
         ("offset_ps = 49_012_000", "offset_ps = -1",
          "fpga.herald.offset_ps: Input should be greater than or equal to 0"),
         ('channels = ["spdc_a", "spdc_b"]', 'channels = ["spdc_a", "spdc_c"]',

@@ -15,7 +15,7 @@ from amaranth.sim import Simulator
 
 from qnode.gateware.capture import InputCapture
 from qnode.gateware.herald import (
-    ATTEMPT_QUEUE, LENGTH_BITS, OFFSET_BITS, PIN_CLOCKS_BITS, PIN_LATENCY, RECORD_LATENCY, RULE_OFF,
+    ATTEMPT_QUEUE, LATE_BITS, LENGTH_BITS, OFFSET_BITS, PIN_CLOCKS_BITS, PIN_LATENCY, RECORD_LATENCY, RULE_OFF,
     RULE_SINGLE, RULE_TWO, HeraldRecord, HeraldUnit,
 )
 from qnode.gateware.params import TIME_BITS
@@ -26,7 +26,7 @@ from qnode.sim.twin_herald import HeraldSettings, heralds
 N = 8
 C = 5  # sync 0, spdc 1, 2, D+ 3, D- 4 (as the reference lab)
 SETTING_WIDTHS = {"rule": 2, "sync_channel": 4, "detector_mask": 16, "veto_mask": 16,
-                  "offset_bins": OFFSET_BITS, "length_bins": LENGTH_BITS, "late_bins": OFFSET_BITS,
+                  "offset_bins": OFFSET_BITS, "length_bins": LENGTH_BITS, "late_bins": LATE_BITS,
                   "pin_clocks": PIN_CLOCKS_BITS}
 
 
