@@ -154,8 +154,9 @@ def main():
     report["herald_latency_ns"] = PIN_LATENCY * 1e3 / sys_mhz
     report["patterns"] = PATTERNS
     report["merger_levels"] = merge_levels(report["channels"])
-    # capture, timestamper, FIFO, the merger's levels, the coincidence stage when built, packer
-    report["isolated_tag_latency_clocks"] = 8 + merge_levels(report["channels"]) + int(report["coincidence_unit"])
+    # capture, timestamper, FIFO, the merger's levels, a skid buffer, the coincidence unit
+    # and a skid buffer when built, packer
+    report["isolated_tag_latency_clocks"] = 8 + merge_levels(report["channels"]) + 3 * int(report["coincidence_unit"])
     report["merger_events_per_clock"] = merger_events_per_clock()
 
     cfg = TwinConfig()

@@ -19,7 +19,7 @@ from .capture import InputCapture, coarse_bits
 from .channel_fifo import ChannelFifo
 from .coincidence import Marked, CoincidenceUnit
 from .herald import OUTCOMES, PIN_LATENCY, HeraldUnit
-from .merger import Merger
+from .merger import Merged, Merger
 from .packer import Packer
 from .params import check_geometry
 from .regfile import RegisterFile
@@ -38,8 +38,8 @@ class TimeTaggerCore(wiring.Component):
                  fifo_depth: int = 16, output_depth: int = 16, start_now: int = 0,
                  coincidence: bool = True, herald: bool = True):
         """``start_now``: the clock counter's value at reset (tests start near an epoch edge).
-        ``coincidence``/``herald``: build the coincidence unit (two more clocks between merger
-        and packer: the unit and its skid buffer) and the herald unit; without them their
+        ``coincidence``/``herald``: build the coincidence unit (three more clocks between merger
+        and packer: a skid buffer, the unit, a skid buffer) and the herald unit; without them their
         registers read 0."""
         check_geometry(channels, oversampling, fifo_depth, output_depth)
         if 10**12 % (sys_clk_hz * oversampling):
@@ -92,10 +92,13 @@ class TimeTaggerCore(wiring.Component):
         m.submodules.packer = packer = Packer(c, self.bin_ps, self.output_depth)
         if self.coincidence:
             m.submodules.coincidence = coinc = CoincidenceUnit()
-            # a register slice between the unit and the packer: the unit's record select and
-            # the packer's take each end at its registers instead of running into each other
+            # register slices on both sides of the unit: its pattern logic reads flip-flops, not
+            # the merger root's slot mux (whose select fanned out over a 5 ns route), and the
+            # unit's record select and the packer's take each end at registers
+            m.submodules.merged_skid = merged = SkidBuffer(Merged)
             m.submodules.coincidence_skid = skid = SkidBuffer(Marked)
-            wiring.connect(m, merger.merged, coinc.merged)
+            wiring.connect(m, merger.merged, merged.input)
+            wiring.connect(m, merged.output, coinc.merged)
             wiring.connect(m, coinc.marked, skid.input)
             wiring.connect(m, skid.output, packer.marked)
             for reg, port in COINC_SETTINGS:

@@ -44,8 +44,9 @@ class Timestamper(wiring.Component):
             "entry": Out(stream.Signature(Entry, always_ready=True)),
             "tagged": Out(1),  # stage A found a tag this clock (for the tag counter)
             "same_clock_lost": Out(range(oversampling)),  # edges lost in this clock
-            # with ``entry``: time + gap, the first same-clock loss's time (the herald unit
-            # counts it as a click; here it costs an adder beside stage B's, not one after it)
+            # with ``entry``: time + gap, the first same-clock loss's time, when its count is not
+            # 0 (the herald unit counts it as a click; here it costs an adder beside stage B's,
+            # not one after it)
             "lost_time": Out(TIME_BITS),
         })
 
@@ -160,7 +161,14 @@ class Timestamper(wiring.Component):
 
         time = Signal(TIME_BITS)
         m.d.comb += time.eq(plus_delay(a_fine))
-        m.d.sync += self.lost_time.eq(plus_delay(first_lost))
+        # The first lost edge's time without a priority encoder, an adder and the carry's select
+        # in series behind the loss logic: its bin one-hot (a LUT priority), and per bin b the sum
+        # b + the delay's low bits (logic of the setting alone) picked by it (AND-OR).
+        lost_first = Signal(n)
+        m.d.comb += lost_first.eq(onehot.lowest(lost))
+        lost_lo = Signal(shift + 1)
+        m.d.comb += lost_lo.eq(onehot.select(lost_first, [b + delay_lo for b in range(n)]))
+        m.d.sync += self.lost_time.eq(Cat(lost_lo[:shift], Mux(lost_lo[shift], a_hi1, a_hi)))
         m.d.sync += [
             self.entry.valid.eq(a_hit),
             self.entry.payload.time.eq(time),

@@ -341,8 +341,8 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
     bound: every entry could reach the packer by ``base`` on its own, then each takes at most
     4 packer clocks plus the tree's latency). Taken only if the next entry arrives after ``bound``
     and no herald comes before it (``h_next``). ``stage``: 1 with the coincidence unit (one more
-    clock, and its skid buffer one more; the caller makes sure it emits no records, and its state
-    follows each entry).
+    clock, and a skid buffer on either side one each; the caller makes sure it emits no records,
+    and its state follows each entry).
     Returns (first idle clock, epoch, words, next channel) or (-1, ...) when it does not apply."""
     limit = min(depth - 2, BURST_MAX)
     for ch in range(c_n):
@@ -360,11 +360,11 @@ def _burst(ent_clock, ent_time, ent_count, ent_gap, ent_end, ptr, next_clock, fi
         g_ch[n_g] = ch
         n_g += 1
         ready_at = (_root_take(ent_clock[i], ent_time[i], ch, c_n, levels, shift, start_now)
-                    + 1 + 2 * stage)
+                    + 1 + 3 * stage)
         base = max(base, ready_at)
         g_ptr[ch] = i + 1
         g_clock[ch] = ent_clock[i + 1] if i + 1 < ent_end[ch] else NONE_LEFT
-        bound = base + 4 + 2 * levels + 8 * n_g + 4 * stage
+        bound = base + 4 + 2 * levels + 8 * n_g + 6 * stage
         ch = _next_entry(g_clock, -1, NONE_LEFT)
         if ch < 0 or g_clock[ch] > bound:
             break
@@ -412,10 +412,10 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
              stage, masks, windows, folds, emit, c_counts, h_clock, h_ch, h_aux, h_time, h_lost):
     """Returns (words written to out_words, clocks simulated). ``n_clocks`` < 0: until drained.
 
-    ``stage``: the coincidence unit and its skid buffer sit between the merger and the packer
-    (patterns ``masks``, ``windows``, ``folds``, ``emit``; counts into ``c_counts``). Heralds:
-    HERALD records valid in clock ``h_clock`` (sorted) with their channel, aux and time, into the
-    packer's herald queue (a full queue counts in ``h_lost[0]``).
+    ``stage``: the coincidence unit, with a skid buffer on either side, sits between the merger
+    and the packer (patterns ``masks``, ``windows``, ``folds``, ``emit``; counts into
+    ``c_counts``). Heralds: HERALD records valid in clock ``h_clock`` (sorted) with their channel,
+    aux and time, into the packer's herald queue (a full queue counts in ``h_lost[0]``).
 
     ``direct``: the consumer is always ready and the run goes until drained. The output FIFO
     then never holds more than one word in its inner queue, so it never refuses a word and never
@@ -495,6 +495,14 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
     sk_time = np.zeros(2, np.int64)
     sk_count = np.zeros(2, np.int64)
     sk_gap = np.zeros(2, np.int64)
+    # the skid buffer between the merger's root and the unit: a two-entry FIFO of merged entries
+    ms_n = 0
+    ms_h = 0
+    ms_time = np.zeros(2, np.int64)
+    ms_loss = np.zeros(2, np.int64)
+    ms_count = np.zeros(2, np.int64)
+    ms_gap = np.zeros(2, np.int64)
+    ms_ch = np.zeros(2, np.int64)
 
     # the packer's herald queue (SyncFIFOBuffered, depth HERALD_QUEUE)
     hq_cap = HERALD_QUEUE - 1
@@ -661,8 +669,10 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
             left_after = (cb_owed & (cb_owed - 1)) if cb_sent else cb_owed
             cb_finishing = moved and left_after == 0 and (cb_sent or cb_owed == 0)
             cb_take = (not cb_busy) or cb_finishing
-            root_pop = cb_take and mh_valid
+            unit_pop = cb_take and ms_n > 0  # the unit takes the front skid buffer's head
+            root_pop = mh_valid and ms_n < 2  # the front one's ready: a register
         else:
+            unit_pop = False
             root_pop = pop
 
         # ---- output FIFO
@@ -805,17 +815,27 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 cb_sent = True
             if cb_finishing:
                 cb_busy = False
-            if root_pop:
-                cb_time = nd_time[root, 0]
-                cb_loss = nd_loss[root, 0]
-                cb_count = nd_count[root, 0]
-                cb_gap = nd_gap[root, 0]
-                cb_ch = nd_ch[root, 0]
+            if unit_pop:
+                cb_time = ms_time[ms_h]
+                cb_loss = ms_loss[ms_h]
+                cb_count = ms_count[ms_h]
+                cb_gap = ms_gap[ms_h]
+                cb_ch = ms_ch[ms_h]
+                ms_h ^= 1
+                ms_n -= 1
                 fire = _coinc_take(cb_time, cb_ch, cb_loss == 0, masks, windows, folds,
                                    op_time, op_seen, op_open, c_counts)
                 cb_busy = True
                 cb_sent = False
                 cb_owed = fire & emit
+            if root_pop:
+                k = ms_h ^ ms_n
+                ms_time[k] = nd_time[root, 0]
+                ms_loss[k] = nd_loss[root, 0]
+                ms_count[k] = nd_count[root, 0]
+                ms_gap[k] = nd_gap[root, 0]
+                ms_ch[k] = nd_ch[root, 0]
+                ms_n += 1
 
         # ---- merger tree nodes, the root first (a node reads its children before they change)
         if moving:
@@ -935,7 +955,8 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
         c_next = c + 1
         heads_in = heads
         quiet = (header_sent and not busy and q_n == 0 and not q_valid and n_full == 0
-                 and not fifo_busy and n_out_pend == 0 and not cb_busy and sk_n == 0 and not hq_valid
+                 and not fifo_busy and n_out_pend == 0 and not cb_busy and sk_n == 0 and ms_n == 0
+                 and not hq_valid
                  and hq_n == 0)
         nxt = -1
         next_arrival = limit
@@ -950,7 +971,7 @@ def _backend(ent_clock, ent_time, ent_count, ent_gap, ent_start, ent_end, channe
                 e = ptr[nxt]
                 w = ent_clock[e]
                 t = ent_time[e]
-                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1 + 2 * stage  # packer
+                take_at = _root_take(w, t, nxt, c_n, levels, shift, start_now) + 1 + 3 * stage  # packer
                 k = 1
                 if (t >> 32) != epoch_sent:
                     k += 1

@@ -175,10 +175,10 @@ def delivered_clocks(core, samples):
     return out
 
 
-@pytest.mark.parametrize("coincidence,latency", [(True, 13), (False, 11)])
+@pytest.mark.parametrize("coincidence,latency", [(True, 14), (False, 11)])
 def test_isolated_tag_latency_is_fixed(coincidence, latency):
-    # capture 1, timestamper 2, FIFO 2, merger tree 3 levels (8 channels), coincidence unit 1
-    # (when built), packer 1, output 2
+    # capture 1, timestamper 2, FIFO 2, merger tree 3 levels (8 channels), a skid buffer, the
+    # coincidence unit and a skid buffer 3 (when built), packer 1, output 2
     cfg = TwinConfig(channels=8, oversampling=4, sys_clk_hz=200_000_000, coincidence_unit=coincidence)
     k = np.arange(10, 200, 19)  # sample clocks, far apart
     fine = np.arange(len(k)) % 4  # every fine position, bit 0 to bit N-1
