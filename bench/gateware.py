@@ -2,10 +2,11 @@
 
 Prints a table and writes bench/results/gateware.json. Synthesis (yosys + nextpnr + ecppack
 from PyPI) takes about ten minutes here, or nothing when the design is cached (gateware/build.py);
-``--no-build`` reads the last build in build/ulx3s without running or hashing anything.
+``--no-build`` reads the last build in build/ulx3s (or ``--build-dir DIR``) without running or
+hashing anything.
 
     .venv/bin/python bench/gateware.py [--no-build] [--seconds 2] [--no-coincidence] [--no-herald]
-                                       [--seeds 1,2,3]
+                                       [--seeds 1,2,3] [--build-dir DIR]
 
 ``--seeds``: place and route once per nextpnr seed as well (about ten minutes each, one after
 the other) and report each seed's fmax with their median: on this design the seed moves the
@@ -94,7 +95,9 @@ def merger_events_per_clock() -> float:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-build", action="store_true", help="reuse build/ulx3s's last log")
+    parser.add_argument("--no-build", action="store_true", help="reuse the build directory's last log")
+    parser.add_argument("--build-dir", type=Path, default=BUILD_DIR,
+                        help="where builds go and --no-build reads (default build/ulx3s)")
     parser.add_argument("--seconds", type=float, default=2.0, help="lab time for the twin run")
     parser.add_argument("--no-coincidence", action="store_true", help="build the core without it")
     parser.add_argument("--no-herald", action="store_true", help="build the core without it")
@@ -106,17 +109,17 @@ def main():
         parser.error("--seeds builds: it cannot go with --no-build")
 
     def build(seed):  # cached (seconds) when this design was built before
-        return build_ulx3s(BUILD_DIR, seed=seed, coincidence=not args.no_coincidence,
+        return build_ulx3s(args.build_dir, seed=seed, coincidence=not args.no_coincidence,
                            herald=not args.no_herald)
 
-    # the other seeds first: the default seed's build, last, is the one build/ulx3s then holds
+    # the other seeds first: the default seed's build, last, is the one the build directory then holds
     by_seed = {}
     for seed in [s for s in seeds if s != DEFAULT_SEED]:
         by_seed[seed] = r = build(seed)
         print(f"seed {seed}: {r.fmax_mhz} MHz (capture {r.capture_fmax_mhz} MHz), "
               f"{'cached' if r.cached else f'built in {r.seconds:.0f} s'}", flush=True)
     if args.no_build:
-        report = report_from_build_dir(BUILD_DIR).as_dict()
+        report = report_from_build_dir(args.build_dir).as_dict()
     else:
         default = build(DEFAULT_SEED)
         report = default.as_dict()
@@ -199,7 +202,7 @@ def main():
         ("LUTs / FFs / DP16KD", f"{report['luts']} / {report['ffs']} / {report['brams']}"),
         ("herald latency", f"{report['herald_latency_clocks']} clocks = {report['herald_latency_ns']:g} ns"),
         ("coincidence patterns", f"{report['patterns']}"),
-        ("build", "the last one in build/ulx3s (--no-build)" if args.no_build else
+        ("build", f"the last one in {args.build_dir} (--no-build)" if args.no_build else
                   f"{'cached' if report.get('cached') else 'built'} in {report.get('seconds', 0):.0f} s"),
         ("twin", f"{report['twin_events_per_s'] / 1e6:.1f} M events/s ({report['twin_workload']})"),
         ("twin, dense Poisson (1/64 bins)", f"{report['twin_events_per_s_dense'] / 1e6:.1f} M events/s"),
