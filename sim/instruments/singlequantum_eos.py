@@ -102,6 +102,10 @@ class EosCountsServer:
 
     POLL_S = 0.005  # wall time between looks at the lab clock
     MAX_LINES_PER_POLL = 100  # after a big jump of simulated time, catch up in bounded bursts
+    # A period has ended when the clock is within this fraction of a period of its end: the clock
+    # and the stream add the same periods, but (x + p) - x can come out below p in floats, and a
+    # simulated clock that then stands still would leave the period open for ever.
+    ROUNDING = 1e-9
 
     def __init__(self, controller: SimSingleQuantumEos, host: str = "127.0.0.1", port: int = 0):
         self.controller = controller
@@ -132,11 +136,15 @@ class EosCountsServer:
             now_s = self.lab.now_s()
             lines = b""
             emitted = 0
-            behind = int((now_s - self._last_s) // period_s) if period_s > 0 else 0
+            if period_s <= 0:
+                continue
+            elapsed = now_s - self._last_s + self.ROUNDING * period_s
+            behind = int(elapsed // period_s)
             if behind > self.MAX_LINES_PER_POLL:
                 # Simulated time jumped: the controller reports the recent periods, not all of them.
                 self._last_s += (behind - self.MAX_LINES_PER_POLL) * period_s
-            while now_s - self._last_s >= period_s and emitted < self.MAX_LINES_PER_POLL:
+            while (now_s - self._last_s + self.ROUNDING * period_s >= period_s
+                   and emitted < self.MAX_LINES_PER_POLL):
                 self._last_s += period_s
                 counts = self.lab.counts(period_s)[: self.controller.number_of_detectors]
                 lines += (",".join([f"{self._last_s * 1000:.0f}"] + [str(c) for c in counts]) + "\n").encode()

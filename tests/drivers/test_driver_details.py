@@ -175,6 +175,26 @@ def test_eos_counts_port_down_leaves_control_working(lab):
             snspd.close()
 
 
+def test_eos_counts_stream_ends_a_period_that_float_rounding_shortens(lab):
+    # The clock at 0.2 s advanced by one 50 ms period: (0.2 + 0.05) - 0.2 is 0.04999... in
+    # floats. The stream must still see the period as ended and send its line (it once waited
+    # for a clock that never moved again: the nightly job's bias sweep timed out).
+    lab.clock.advance(0.2)
+    controller = SimSingleQuantumEos(lab)
+    controller.measurement_period_ms = 50.0
+    with TcpInstrumentServer(controller) as server:
+        counts = EosCountsServer(controller).start()
+        try:
+            snspd = SingleQuantumEos("snspd", TcpTransport("127.0.0.1", server.port), timeout_s=1.0,
+                                     counts_transport=TcpTransport("127.0.0.1", counts.port)).open()
+            lab.clock.advance(0.05)
+            timestamp_ms, values = snspd.next_counts()
+            assert timestamp_ms == 250 and len(values) == 4
+            snspd.close()
+        finally:
+            counts.stop()
+
+
 # --- Yokogawa ---
 
 def test_gs200_biases_a_detector_by_hand(tcp, lab):
