@@ -97,7 +97,7 @@ class RegisterFile(wiring.Component):
             self._elaborate_bus_stage(m, values)
             return m
 
-        # writes: decode, then the register's clock enable (at either read latency)
+        # writes: decode, then the register's clock enable (read latencies 1 and 2)
         with m.Switch(self.addr):
             for reg, i, address in self._writable():
                 with m.Case(address):

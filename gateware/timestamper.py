@@ -139,10 +139,12 @@ class Timestamper(wiring.Component):
             (a_first[:b] & Cat(past[f][b] for f in range(b))).any() if b else 0 for b in range(n)))
         a_count = Signal(range(n))
         m.d.comb += a_count.eq(sum(lost[b] for b in range(n)))
+        # the first lost edge's bin, one-hot (a LUT priority) for its time in stage B, and as an
+        # index for its gap from the tag
+        lost_first = Signal(n)
+        m.d.comb += lost_first.eq(onehot.lowest(lost))
         first_lost = Signal(range(n))
-        for b in reversed(range(n)):
-            with m.If(lost[b]):
-                m.d.comb += first_lost.eq(b)
+        m.d.comb += first_lost.eq(onehot.index(lost_first))
         a_gap = Signal(GAP_BITS)
         m.d.comb += a_gap.eq(first_lost - a_fine)
         m.d.comb += [
@@ -153,22 +155,21 @@ class Timestamper(wiring.Component):
         # --- stage B: time in bins with the channel delay --------------------------------
         delay_lo = self.delay_bins[:shift]
 
-        def plus_delay(fine_bin):
-            """sample clock * N + fine_bin + delay_bins, from the two registered coarse sums."""
-            lo = Signal(shift + 1)
-            m.d.comb += lo.eq(fine_bin + delay_lo)
+        def with_coarse(lo):
+            """sample clock * N + delay_bins + a bin, from ``lo`` = bin + the delay's low bits
+            (shift + 1 bits, its top one the carry) and the two registered coarse sums."""
             return Cat(lo[:shift], Mux(lo[shift], a_hi1, a_hi))
 
+        time_lo = Signal(shift + 1)
+        m.d.comb += time_lo.eq(a_fine + delay_lo)
         time = Signal(TIME_BITS)
-        m.d.comb += time.eq(plus_delay(a_fine))
-        # The first lost edge's time without a priority encoder, an adder and the carry's select
-        # in series behind the loss logic: its bin one-hot (a LUT priority), and per bin b the sum
-        # b + the delay's low bits (logic of the setting alone) picked by it (AND-OR).
-        lost_first = Signal(n)
-        m.d.comb += lost_first.eq(onehot.lowest(lost))
+        m.d.comb += time.eq(with_coarse(time_lo))
+        # The first lost edge's time without a priority encoder and an adder in series behind the
+        # loss logic: per bin b the sum b + the delay's low bits (logic of the setting alone),
+        # picked by the one-hot (AND-OR).
         lost_lo = Signal(shift + 1)
         m.d.comb += lost_lo.eq(onehot.select(lost_first, [b + delay_lo for b in range(n)]))
-        m.d.sync += self.lost_time.eq(Cat(lost_lo[:shift], Mux(lost_lo[shift], a_hi1, a_hi)))
+        m.d.sync += self.lost_time.eq(with_coarse(lost_lo))
         m.d.sync += [
             self.entry.valid.eq(a_hit),
             self.entry.payload.time.eq(time),

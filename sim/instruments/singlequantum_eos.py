@@ -135,20 +135,17 @@ class EosCountsServer:
             period_s = self.controller.measurement_period_ms / 1000.0
             now_s = self.lab.now_s()
             lines = b""
-            emitted = 0
             if period_s <= 0:
                 continue
-            elapsed = now_s - self._last_s + self.ROUNDING * period_s
-            behind = int(elapsed // period_s)
-            if behind > self.MAX_LINES_PER_POLL:
+            ended = int((now_s - self._last_s + self.ROUNDING * period_s) // period_s)
+            if ended > self.MAX_LINES_PER_POLL:
                 # Simulated time jumped: the controller reports the recent periods, not all of them.
-                self._last_s += (behind - self.MAX_LINES_PER_POLL) * period_s
-            while (now_s - self._last_s + self.ROUNDING * period_s >= period_s
-                   and emitted < self.MAX_LINES_PER_POLL):
+                self._last_s += (ended - self.MAX_LINES_PER_POLL) * period_s
+                ended = self.MAX_LINES_PER_POLL
+            for _ in range(ended):
                 self._last_s += period_s
                 counts = self.lab.counts(period_s)[: self.controller.number_of_detectors]
                 lines += (",".join([f"{self._last_s * 1000:.0f}"] + [str(c) for c in counts]) + "\n").encode()
-                emitted += 1
             if not lines:
                 continue
             for conn in list(self.server._connections):
